@@ -1,0 +1,108 @@
+"""The metadata every cxr-edge model carries inside its .tflite file.
+
+It names the model, its classes, the preprocessing spec and the decision threshold, so the
+edge runtime needs nothing but the one file. converters/ writes it; everything reads it here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CxrError, ExitCode
+from .preprocess import PreprocessSpec
+from .tflite_file import NotTFLite, read_metadata_entries
+
+METADATA_NAME = "cxr_edge_metadata"
+SCHEMA_VERSION = 1
+INTENDED_USE = ("Screening aid: flags chest X-rays for review by a doctor. "
+                "Not a diagnostic device; a normal result does not rule out disease.")
+NORMAL_CLASS = "normal"
+
+
+@dataclass
+class ModelMetadata:
+    name: str
+    version: str
+    classes: list[str]
+    preprocessing: PreprocessSpec
+    threshold: float  # refer when abnormality = 1 - P(normal) >= threshold
+    threshold_rule: str = ""  # how the threshold was chosen, in words
+    architecture: str = ""
+    quantization: str = "float32"
+    source_model_sha256: str = ""
+    training_data: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=lambda: {"probabilities": 0})  # output name -> output index
+    created: str = ""
+    intended_use: str = INTENDED_USE
+    schema_version: int = SCHEMA_VERSION
+
+    def validate(self) -> None:
+        if NORMAL_CLASS not in self.classes:
+            raise CxrError(f"model metadata has no '{NORMAL_CLASS}' class (classes: {self.classes})",
+                           code=ExitCode.MODEL, reason="bad_metadata")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise CxrError(f"model metadata threshold {self.threshold} is outside [0, 1]",
+                           code=ExitCode.MODEL, reason="bad_metadata")
+        self.preprocessing.validate()
+
+    @property
+    def normal_index(self) -> int:
+        return self.classes.index(NORMAL_CLASS)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelMetadata":
+        try:
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            fields["preprocessing"] = PreprocessSpec.from_dict(data["preprocessing"])
+            fields["threshold"] = float(fields["threshold"])
+            meta = cls(**fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CxrError(f"model metadata is incomplete ({exc})", code=ExitCode.MODEL,
+                           reason="bad_metadata") from None
+        meta.validate()
+        return meta
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_model_file(path: str | Path) -> tuple[bytes, ModelMetadata]:
+    """Bytes and metadata of a cxr-edge .tflite file; CxrError (exit 3) on any problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CxrError(f"{path}: model file not found", code=ExitCode.MODEL, reason="model_not_found") from None
+    except OSError as exc:
+        raise CxrError(f"{path}: model file cannot be read ({exc.strerror})", code=ExitCode.MODEL,
+                       reason="model_unreadable") from None
+    try:
+        entries = read_metadata_entries(data)
+    except NotTFLite as exc:
+        raise CxrError(f"{path}: not a TFLite model ({exc})", code=ExitCode.MODEL, reason="not_tflite") from None
+    if METADATA_NAME not in entries:
+        raise CxrError(f"{path}: TFLite model has no cxr-edge metadata; convert it with `converters quantize`",
+                       code=ExitCode.MODEL, reason="no_metadata")
+    try:
+        raw = json.loads(entries[METADATA_NAME].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CxrError(f"{path}: cxr-edge metadata is not valid JSON ({exc})", code=ExitCode.MODEL,
+                       reason="bad_metadata") from None
+    return data, ModelMetadata.from_dict(raw)

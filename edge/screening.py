@@ -1,0 +1,85 @@
+"""Screen one image file: decode -> preprocess -> interpreter -> decision, as one result record.
+
+A bad or refused input becomes a result with a status and a reason code, never an exception
+that stops the batch and never a made-up score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .decision import Decision, decide
+from .decode import load_image
+from .errors import CxrError, InputRefused
+from .preprocess import preprocess
+from .review_log import NOTICE
+from .runtime import TFLiteModel
+
+
+@dataclass
+class ScreenResult:
+    file: str
+    status: str  # screened | refused | failed
+    model: dict  # name, version, sha256
+    sha256: str | None = None
+    decision: Decision | None = None
+    latency_ms: float | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+    image: dict = field(default_factory=dict)
+    threshold_source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "screened"
+
+    def to_json(self) -> dict:
+        d = self.decision
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "status": self.status,
+            "decision": d.decision if d else None,
+            "abnormality": d.abnormality if d else None,
+            "probabilities": d.probabilities if d else None,
+            "top_class": d.top_class if d else None,
+            "threshold": d.threshold if d else None,
+            "threshold_source": self.threshold_source or None,
+            "reason_code": self.reason_code,
+            "reason": self.reason,
+            "latency_ms": round(self.latency_ms, 3) if self.latency_ms is not None else None,
+            "image": self.image or None,
+            "model": self.model,
+            "notice": NOTICE,
+        }
+
+    def to_log_row(self, source: str) -> dict:
+        d = self.decision
+        return {
+            "source": source, "file": self.file, "sha256": self.sha256, "status": self.status,
+            "reason_code": self.reason_code, "reason": self.reason,
+            "decision": d.decision if d else None, "abnormality": d.abnormality if d else None,
+            "top_class": d.top_class if d else None, "probabilities": d.probabilities if d else None,
+            "threshold": d.threshold if d else None, "threshold_source": self.threshold_source or None,
+            "latency_ms": self.latency_ms, "image": self.image or None,
+            "model_name": self.model["name"], "model_version": self.model["version"],
+            "model_sha256": self.model["sha256"],
+        }
+
+
+def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, threshold_source: str = "",
+                allow_any_view: bool = False) -> ScreenResult:
+    path = str(path)
+    try:
+        image = load_image(path, allow_any_view=allow_any_view)
+    except CxrError as exc:
+        status = "refused" if isinstance(exc, InputRefused) else "failed"
+        return ScreenResult(path, status, model.identity, sha256=getattr(exc, "sha256", None),
+                            reason_code=exc.reason, reason=str(exc))
+    tensor = preprocess(image.pixels, model.metadata.preprocessing)
+    prediction = model.predict(tensor)
+    decision = decide(prediction.probabilities, model.metadata, threshold)
+    return ScreenResult(path, "screened", model.identity, sha256=image.sha256, decision=decision,
+                        latency_ms=prediction.latency_ms, image=image.describe(),
+                        threshold_source=threshold_source)
