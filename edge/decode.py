@@ -175,7 +175,7 @@ def _decode_dicom(path: Path, data: bytes, *, allow_any_view: bool) -> DecodedIm
     else:
         pixels = _min_max(_to_grey(np.asarray(raw)))
     bits = info["bits_stored"] or int(raw.dtype.itemsize * 8)
-    return DecodedImage(pixels, "dicom", bits, pixels.shape[1], pixels.shape[0], info)
+    return DecodedImage(pixels, "dicom", bits, pixels.shape[1], pixels.shape[0], info=info)
 
 
 def _refuse_non_chest_xray(path: Path, info: dict) -> None:

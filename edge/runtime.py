@@ -36,9 +36,12 @@ def _interpreter_module():
 
 
 def _edgetpu_delegate(module):
+    import ctypes
     import platform
     library = EDGETPU_LIBRARIES.get(platform.system(), "libedgetpu.so.1")
     try:
+        # Probe first: LiteRT's Delegate prints an ignored-exception traceback when its own load fails.
+        ctypes.CDLL(library)
         return module.load_delegate(library)
     except (ValueError, OSError) as exc:
         raise CxrError(f"Edge TPU delegate {library} could not be loaded ({exc}); install libedgetpu "
