@@ -15,7 +15,7 @@ from . import __version__
 from .calibration import resolve_threshold
 from .errors import CxrError, ExitCode
 from .paths import default_log_path, default_model_path
-from .output import print_results
+from .output import print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
 from .runtime import TFLiteModel
 from .screening import screen_file
@@ -91,6 +91,70 @@ def screen(
         review_log.close()
     if not results or any(not r.ok for r in results):
         raise typer.Exit(ExitCode.INPUT_NOT_SCREENED)
+
+
+AliasOption = typer.Option(None, "--alias", help="Map a folder/label name to a class, e.g. "
+                           "'Lung_Opacity=pneumonia', or NAME=skip to leave it out. Repeatable.")
+
+
+def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]]):
+    from .datasets import discover_many, parse_alias_overrides
+    from .evaluation import score_samples
+
+    samples = discover_many(data, aliases=parse_alias_overrides(aliases or []),
+                            classes=tuple(tflite.metadata.classes))
+    with progress_bar(len(samples), "scoring") as step:
+        return score_samples(tflite, samples, on_step=step)
+
+
+@app.command("eval")
+def evaluate(
+    data: List[Path] = typer.Argument(..., help="Labelled folders (class folders, split folders, CSV or split lists)."),
+    model: Optional[Path] = ModelOption,
+    threshold: Optional[float] = ThresholdOption,
+    alias: Optional[List[str]] = AliasOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every metric."),
+) -> None:
+    """Evaluate a model on labelled images: per-class metrics, confusion matrix and screening metrics."""
+    from .evaluation import evaluation_report
+
+    tflite = load_model(model)
+    cutoff, source = resolve_threshold(tflite, threshold)
+    report = evaluation_report(tflite, _scored_folder(data, tflite, alias), cutoff, source)
+    report["data"] = [str(d) for d in data]
+    if as_json:
+        typer.echo(json.dumps(report, sort_keys=True))
+    else:
+        print_evaluation(report)
+    for failure in report["failed"]:
+        sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
+
+
+@app.command()
+def calibrate(
+    data: List[Path] = typer.Argument(..., help="This site's own labelled images (normal and abnormal)."),
+    sensitivity: float = typer.Option(0.95, "--sensitivity", min=0.5, max=1.0,
+                                      help="Sensitivity (share of abnormal images referred) to reach."),
+    model: Optional[Path] = ModelOption,
+    alias: Optional[List[str]] = AliasOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the threshold without storing it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the calibration record as JSON."),
+) -> None:
+    """Choose this site's threshold for a target sensitivity; screen, watch and eval then use it for this
+    exact model file (tied to its sha256, never reused with another model)."""
+    from .calibration import store_threshold
+    from .evaluation import calibrate as calibrate_scores
+
+    tflite = load_model(model)
+    record = calibrate_scores(tflite, _scored_folder(data, tflite, alias), sensitivity)
+    record["data"] = [str(d) for d in data]
+    stored = None if dry_run else store_threshold(tflite.sha256, record)
+    if as_json:
+        typer.echo(json.dumps({**record, "stored_in": str(stored) if stored else None}, sort_keys=True))
+    else:
+        print_calibration(record, stored)
+    for warning in record["warnings"]:
+        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
 
 
 @app.command()

@@ -29,3 +29,79 @@ def print_results(results, model, threshold_source: str) -> None:
     console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
                   f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
                   highlight=False)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
+def print_evaluation(report: dict) -> None:
+    console = Console()
+    table = Table(title=f"cxr-edge eval: {report['n']} images, accuracy {_fmt(report['accuracy'])}",
+                  title_justify="left")
+    for column in ("Class", "Precision", "Recall", "Specificity", "F1", "AUC", "Support"):
+        table.add_column(column, justify="left" if column == "Class" else "right")
+    for name, m in report["per_class"].items():
+        table.add_row(name, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["specificity"]), _fmt(m["f1"]),
+                      _fmt(m["auc"]), str(m["support"]))
+    console.print(table)
+    confusion = Table(title="Confusion (rows: true, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for name in report["classes"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(report["classes"], report["confusion"]):
+        confusion.add_row(name, *map(str, row))
+    console.print(confusion)
+    s = report["screening"]
+    ci = s["ci95"]
+    console.print(
+        f"Screening (refer when abnormality >= {s['threshold']:.3f}, from {s['threshold_source']}): "
+        f"AUC {_fmt(s['auc'])}{_ci(ci['auc'])}, sensitivity {_fmt(s['sensitivity'])}{_ci(ci['sensitivity'])}, "
+        f"specificity {_fmt(s['specificity'])}{_ci(ci['specificity'])}; TP {s['tp']} FP {s['fp']} TN {s['tn']} "
+        f"FN {s['fn']}. 95% intervals in brackets.", highlight=False)
+    _print_model_line(console, report["model"])
+
+
+def print_calibration(record: dict, stored) -> None:
+    console = Console()
+    ci = record["ci95"]
+    console.print(
+        f"Threshold {record['threshold']:.4f} reaches sensitivity {_fmt(record['sensitivity'])}"
+        f"{_ci(ci['sensitivity'])} (target {record['target_sensitivity']:.2f}) with specificity "
+        f"{_fmt(record['specificity'])}{_ci(ci['specificity'])} on {record['n_abnormal']} abnormal and "
+        f"{record['n_normal']} normal images.", highlight=False)
+    console.print(f"Stored in {escape(str(stored))}; screen, watch and eval use it with this model file only."
+                  if stored else "Dry run: nothing stored.", highlight=False)
+    _print_model_line(console, record["model"])
+
+
+def _print_model_line(console: Console, model: dict) -> None:
+    console.print(f"model {escape(model['name'])} {escape(model['version'])} (sha256 {model['sha256'][:12]}). "
+                  f"{NOTICE.capitalize()}.", highlight=False)
+
+
+class progress_bar:
+    """A rich progress bar on a terminal, silent otherwise; yields a step() callable."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label = total, label
+
+    def __enter__(self):
+        import sys
+        from rich.progress import Progress
+
+        if not sys.stderr.isatty():
+            self._progress = None
+            return lambda: None
+        self._progress = Progress(console=Console(stderr=True), transient=True)
+        self._progress.start()
+        task = self._progress.add_task(self.label, total=self.total)
+        return lambda: self._progress.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -6,6 +6,7 @@ Never TensorFlow: a test imports every edge module and checks that TensorFlow st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -74,9 +75,10 @@ class TFLiteModel:
             raise CxrError(f"unknown delegate {delegate!r} (choose cpu or edgetpu)", code=ExitCode.USAGE,
                            reason="bad_option")
         try:
-            self.interpreter = module.Interpreter(model_content=data, num_threads=threads or os.cpu_count(),
-                                                  experimental_delegates=delegates or None)
-            self.interpreter.allocate_tensors()
+            with _quiet_native_stderr():
+                self.interpreter = module.Interpreter(model_content=data, num_threads=threads or os.cpu_count(),
+                                                      experimental_delegates=delegates or None)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise CxrError(f"{self.path}: the interpreter cannot load this model ({exc})",
                            code=ExitCode.MODEL, reason="model_unloadable") from None
@@ -112,6 +114,23 @@ class TFLiteModel:
             outputs[name] = _dequantize(self.interpreter.get_tensor(detail["index"]), detail)[0]
         latency = (time.perf_counter() - start) * 1000.0
         return Prediction(outputs, latency)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hide the runtime's native "INFO: Created TensorFlow Lite XNNPACK delegate" line from technicians."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""Score a labelled folder with a .tflite model: `cxr-edge eval` and `cxr-edge calibrate`.
+
+Images go through exactly the screening path (decode -> preprocess -> interpreter); labels come
+from edge.datasets, so folder names and aliases mean the same as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .datasets import Sample
+from .decode import load_image
+from .errors import CxrError, ExitCode
+from .metadata import NORMAL_CLASS
+from .metrics import classification_report, screening_metrics, threshold_for_sensitivity, wilson_interval
+from .preprocess import preprocess
+from .review_log import NOTICE
+from .runtime import TFLiteModel
+
+MIN_PER_GROUP = 60  # below this many normal or abnormal images a site threshold is a guess
+
+
+@dataclass
+class ScoredSet:
+    labels: list[str] = field(default_factory=list)
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # images that could not be read: never scored
+
+    @property
+    def is_abnormal(self) -> np.ndarray:
+        return np.array([label != NORMAL_CLASS for label in self.labels], dtype=bool)
+
+    def abnormality(self, model: TFLiteModel) -> np.ndarray:
+        probs = np.stack(self.probabilities).astype(np.float64)
+        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+        return 1.0 - probs[:, model.metadata.normal_index]
+
+
+def score_samples(model: TFLiteModel, samples: list[Sample], on_step=None) -> ScoredSet:
+    scored = ScoredSet()
+    spec = model.metadata.preprocessing
+    for sample in samples:
+        try:
+            image = load_image(sample.path, allow_any_view=True)
+        except CxrError as exc:
+            scored.failed.append({"file": str(sample.path), "reason_code": exc.reason, "reason": str(exc)})
+        else:
+            scored.probabilities.append(model.predict(preprocess(image.pixels, spec)).probabilities)
+            scored.labels.append(sample.label)
+            scored.files.append(str(sample.path))
+        if on_step:
+            on_step()
+    if not scored.labels:
+        raise CxrError("no readable labelled image was found to score", code=ExitCode.DATA, reason="empty_dataset")
+    return scored
+
+
+def evaluation_report(model: TFLiteModel, scored: ScoredSet, threshold: float, threshold_source: str) -> dict:
+    classes = model.metadata.classes
+    report = classification_report(scored.labels, np.stack(scored.probabilities), classes)
+    screening = screening_metrics(scored.is_abnormal, scored.abnormality(model), threshold)
+    screening["threshold_source"] = threshold_source
+    return {**report, "screening": screening, "failed": scored.failed, "model": model.identity,
+            "notice": NOTICE}
+
+
+def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:
+    """Threshold reaching `target` sensitivity on this site's images, with what it costs."""
+    y, score = scored.is_abnormal, scored.abnormality(model)
+    n_abnormal, n_normal = int(y.sum()), int((~y).sum())
+    if n_abnormal == 0 or n_normal == 0:
+        missing = "abnormal" if n_abnormal == 0 else "normal"
+        raise CxrError(f"calibration needs both normal and abnormal images; found no {missing} ones",
+                       code=ExitCode.DATA, reason="one_class_only")
+    threshold = threshold_for_sensitivity(y, score, target)
+    metrics = screening_metrics(y, score, threshold)
+    warnings = []
+    if n_abnormal < MIN_PER_GROUP or n_normal < MIN_PER_GROUP:
+        warnings.append(f"only {n_abnormal} abnormal and {n_normal} normal images (want at least {MIN_PER_GROUP} "
+                        "of each): this threshold is too uncertain to trust; add images and calibrate again")
+    low = wilson_interval(metrics["tp"], metrics["tp"] + metrics["fn"])
+    if low is not None and low[0] < target - 0.05:
+        warnings.append(f"the 95% interval of the sensitivity reached goes down to {low[0]:.3f}, well below "
+                        f"the {target:.2f} asked for")
+    return {
+        "threshold": threshold, "target_sensitivity": target,
+        "sensitivity": metrics["sensitivity"], "specificity": metrics["specificity"],
+        "ci95": metrics["ci95"], "n_abnormal": n_abnormal, "n_normal": n_normal, "auc": metrics["auc"],
+        "warnings": warnings, "model": model.identity,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notice": NOTICE,
+    }

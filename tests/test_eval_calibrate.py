@@ -1,0 +1,78 @@
+"""`cxr-edge eval` and `cxr-edge calibrate` on real labelled images (tests/data/cxr-mini)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_screen_cli import cxr_edge, json_lines
+from images import NORMAL_SAMPLE
+
+MINI = Path(__file__).resolve().parent / "data" / "cxr-mini"
+
+
+def test_eval_json_has_every_metric(tiny_model):
+    run = cxr_edge("eval", MINI, "-m", tiny_model, "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    n_files = sum(1 for p in MINI.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    assert report["n"] == n_files
+    assert set(report["per_class"]) == {"normal", "pneumonia", "covid-19"}
+    for metrics in report["per_class"].values():
+        assert {"precision", "recall", "f1", "support"} <= set(metrics)
+    assert sum(map(sum, report["confusion"])) == report["n"]
+    screening = report["screening"]
+    assert {"auc", "sensitivity", "specificity", "threshold"} <= set(screening)
+    assert screening["tp"] + screening["fn"] == screening["n_abnormal"]
+    assert report["model"]["name"] == "test-tiny" and "not a diagnosis" in report["notice"]
+
+
+def test_eval_on_two_class_data_still_gives_screening_metrics(tiny_model, tmp_path):
+    for folder in ("NORMAL", "PNEUMONIA"):
+        shutil.copytree(MINI / folder, tmp_path / folder)
+    report = json.loads(cxr_edge("eval", tmp_path, "-m", tiny_model, "--json").stdout)
+    assert report["per_class"]["covid-19"]["support"] == 0
+    assert report["screening"]["n_normal"] > 0 and report["screening"]["n_abnormal"] > 0
+    assert report["screening"]["auc"] is not None
+
+
+def test_unknown_folder_lists_known_aliases(tiny_model, tmp_path):
+    (tmp_path / "Lung_Opacity").mkdir()
+    shutil.copy(NORMAL_SAMPLE, tmp_path / "Lung_Opacity" / "a.png")
+    run = cxr_edge("eval", tmp_path, "-m", tiny_model)
+    assert run.returncode == 6
+    assert "Lung_Opacity" in run.stderr and "viral pneumonia->pneumonia" in run.stderr
+    mapped = cxr_edge("eval", tmp_path, "-m", tiny_model, "--alias", "Lung_Opacity=pneumonia", "--json")
+    assert mapped.returncode == 0 and json.loads(mapped.stdout)["n"] == 1
+
+
+def test_calibrate_is_tied_to_the_model_hash(tiny_model, tiny_int8_model, tmp_path):
+    run = cxr_edge("calibrate", MINI, "-m", tiny_model, "--sensitivity", "0.9", "--json")
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert record["sensitivity"] >= 0.9 and record["target_sensitivity"] == 0.9
+    assert "too uncertain" in run.stderr  # 24 images are far too few, and it says so
+    stored = json.loads(Path(record["stored_in"]).read_text())
+    assert list(stored) == [record["model"]["sha256"]]
+
+    same = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert same["threshold_source"] == "site calibration"
+    assert same["threshold"] == pytest.approx(record["threshold"], abs=1e-6)
+    other = json_lines(cxr_edge("screen", "-m", tiny_int8_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert other["threshold_source"] == "model metadata"
+
+
+def test_calibrate_dry_run_stores_nothing(tiny_model):
+    record = json.loads(cxr_edge("calibrate", MINI, "-m", tiny_model, "--dry-run", "--json").stdout)
+    assert record["stored_in"] is None
+    screen = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert screen["threshold_source"] == "model metadata"
+
+
+def test_calibrate_needs_both_classes(tiny_model, tmp_path):
+    shutil.copytree(MINI / "NORMAL", tmp_path / "NORMAL")
+    run = cxr_edge("calibrate", tmp_path, "-m", tiny_model)
+    assert run.returncode == 6 and "no abnormal" in run.stderr
