@@ -158,6 +158,110 @@ def calibrate(
 
 
 @app.command()
+def watch(
+    folder: Path = typer.Argument(..., help="The folder the acquisition software writes exams into "
+                                            "(subfolders included)."),
+    model: Optional[Path] = ModelOption,
+    threshold: Optional[float] = ThresholdOption,
+    log: Optional[Path] = LogOption,
+    poll: bool = typer.Option(False, "--poll", help="Poll the folder instead of inotify (network shares, "
+                                                    "USB sticks, SMB/NFS mounts)."),
+    poll_interval: float = typer.Option(1.0, "--poll-interval", min=0.1, help="Seconds between polls."),
+    move_done: Optional[Path] = typer.Option(None, "--move-done", help="Move each screened original here "
+                                             "after its result is recorded."),
+    move_failed: Optional[Path] = typer.Option(None, "--move-failed", help="Move each quarantined file here "
+                                               "after its quarantine record is written."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", help="Also append every event to this text "
+                                            "file (unattended operation)."),
+    settle: float = typer.Option(0.5, "--settle", min=0.0, help="Seconds a file's size must stay unchanged "
+                                 "before it is read (a rename from a temporary name needs no wait)."),
+    retries: int = typer.Option(3, "--retries", min=1, help="Decode attempts of unchanged bytes before a file "
+                                "is quarantined."),
+    retry_delay: float = typer.Option(1.0, "--retry-delay", min=0.0, help="Seconds before the first retry; "
+                                      "doubles each time."),
+    rescan: float = typer.Option(30.0, "--rescan", min=1.0, help="Seconds between full rescans of the folder "
+                                 "(a safety net for missed events)."),
+    queue_size: int = typer.Option(32, "--queue-size", min=1, help="Files waiting to be screened at most; "
+                                   "further files wait on disk."),
+    once: bool = typer.Option(False, "--once", help="Process the files already there, then exit."),
+    delegate: str = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a Coral Edge TPU."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all)."),
+    any_view: bool = typer.Option(False, "--any-view",
+                                  help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view)."),
+) -> None:
+    """Screen every new exam written into FOLDER, exactly once, into the review log (stop: Ctrl-C or SIGTERM)."""
+    from .watch import WatchOptions, absolute, run_watch
+
+    tflite = load_model(model, delegate, threads)
+    cutoff, source = resolve_threshold(tflite, threshold)
+    options = WatchOptions(
+        folder=absolute(folder), log=log_path(log), threshold=cutoff, threshold_source=source, poll=poll,
+        poll_interval=poll_interval, settle=settle, retries=retries, retry_delay=retry_delay, rescan=rescan,
+        queue_size=queue_size, move_done=absolute(move_done), move_failed=absolute(move_failed),
+        log_file=log_file, allow_any_view=any_view, once=once)
+    raise typer.Exit(run_watch(options, tflite))
+
+
+review_app = typer.Typer(help="Read the review log as a remote doctor: list, export a bundle, record verdicts.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+SinceOption = typer.Option(None, "--since", help="Only exams logged since: an age (30m, 12h, 7d) or an ISO "
+                                                 "date/time (local time unless an offset is given).")
+
+
+@review_app.command("list")
+def review_list(
+    referred: bool = typer.Option(False, "--referred", help="Only exams the model referred for review."),
+    since: Optional[str] = SinceOption,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line per exam."),
+    log: Optional[Path] = LogOption,
+) -> None:
+    """List the exams in the review log (screened and quarantined), oldest first."""
+    from .review import print_exam_table, select_exams
+
+    with ReviewLog(log_path(log)) as review_log:
+        exams = select_exams(review_log, referred=referred, since=since)
+    if as_json:
+        for exam in exams:
+            sys.stdout.write(json.dumps(exam, sort_keys=True) + "\n")
+    else:
+        print_exam_table(exams, str(log_path(log)))
+
+
+@review_app.command("export")
+def review_export(
+    out: Path = typer.Argument(..., help="Folder to write the bundle into (index.html + records.jsonl)."),
+    since: Optional[str] = SinceOption,
+    include_all: bool = typer.Option(False, "--all", help="Show every screened exam, not only referred ones."),
+    log: Optional[Path] = LogOption,
+) -> None:
+    """Write a small self-contained bundle for a remote doctor: one HTML page (thumbnails, scores,
+    heatmaps) and the JSON records."""
+    from .review_export import export_bundle
+
+    with ReviewLog(log_path(log)) as review_log:
+        summary = export_bundle(review_log, out, since=since, include_all=include_all)
+    typer.echo(summary)
+
+
+@review_app.command("verdict")
+def review_verdict(
+    exam_id: int = typer.Argument(..., help="The exam's id (first column of `cxr-edge review list`)."),
+    verdict: str = typer.Argument(..., help="agree or disagree (with the model's decision)."),
+    note: Optional[str] = typer.Option(None, "--note", help="Free text kept beside the verdict."),
+    log: Optional[Path] = LogOption,
+) -> None:
+    """Record a doctor's verdict beside the model's output of one exam."""
+    if verdict not in ("agree", "disagree"):
+        raise CxrError(f"verdict must be agree or disagree, not {verdict!r}", code=ExitCode.USAGE,
+                       reason="bad_option")
+    with ReviewLog(log_path(log)) as review_log:
+        row = review_log.set_verdict(exam_id, verdict, note)
+    typer.echo(f"exam {row['id']}: {row['verdict']} with the model's {row['decision']} "
+               f"(abnormality {row['abnormality']:.3f}) for {row['file']}")
+
+
+@app.command()
 def version() -> None:
     """Print the cxr-edge version and the bundled model's identity."""
     typer.echo(f"cxr-edge {__version__}")

@@ -1,0 +1,95 @@
+"""`cxr-edge review`: what a remote doctor reads from the review log (list, export) and writes back (verdict)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import CxrError, ExitCode
+from .review_log import NOTICE, ReviewLog
+
+RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> str:
+    """'30m', '12h', '7d', '2w' (ago), or an ISO date/time (local time unless it has an offset) ->
+    the UTC ISO timestamp the log's created_at column is compared with."""
+    now = now or datetime.now(timezone.utc)
+    match = RELATIVE.match(text)
+    if match:
+        moment = now - timedelta(**{UNITS[match.group(2).lower()]: float(match.group(1))})
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise CxrError(f"--since {text!r}: use an ISO date/time (2024-05-01, 2024-05-01T08:00) or an age "
+                           "(30m, 12h, 7d, 2w)", code=ExitCode.USAGE, reason="bad_option") from None
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # a technician's "since 8:00" means local time
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def select_exams(log: ReviewLog, *, referred: bool = False, since: str | None = None,
+                 statuses: tuple[str, ...] | None = None) -> list[dict]:
+    where, params = ["1=1"], []
+    if referred:
+        where.append("status = 'screened' AND decision = 'refer'")
+    if since:
+        where.append("created_at >= ?")
+        params.append(parse_since(since))
+    if statuses:
+        where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+        params.extend(statuses)
+    return [exam_record(log, row) for row in log.query(" AND ".join(where), tuple(params))]
+
+
+def exam_record(log: ReviewLog, row: dict) -> dict:
+    """One exam as `review list --json` and the export's records.jsonl show it."""
+    return {
+        "id": row["id"],
+        "created_at": row["created_at"],
+        "source": row["source"],
+        "file": row["file"],
+        "sha256": row["sha256"],
+        "status": row["status"],
+        "decision": row["decision"],
+        "abnormality": row["abnormality"],
+        "top_class": row["top_class"],
+        "probabilities": row["probabilities"],
+        "threshold": row["threshold"],
+        "threshold_source": row["threshold_source"],
+        "reason_code": row["reason_code"],
+        "reason": row["reason"],
+        "image": row["image"],
+        "duplicates": log.duplicates(row["id"]),
+        "moved_to": log.moved_to(row["id"]),
+        "verdict": row["verdict"],
+        "verdict_note": row["verdict_note"],
+        "verdict_at": row["verdict_at"],
+        "model": {"name": row["model_name"], "version": row["model_version"], "sha256": row["model_sha256"]},
+        "notice": row["notice"] or NOTICE,
+    }
+
+
+def print_exam_table(exams: list[dict], log_path: str) -> None:
+    console = Console()
+    table = Table(title=f"cxr-edge review log {escape(log_path)}", title_justify="left")
+    for column in ("Id", "Time (UTC)", "File", "Status", "Decision", "Abnormality", "Top class", "Verdict"):
+        table.add_column(column, justify="right" if column in ("Id", "Abnormality") else "left", overflow="fold")
+    for e in exams:
+        if e["status"] == "screened":
+            style = "bold red" if e["decision"] == "refer" else "green"
+            decision = f"[{style}]{e['decision']}[/]"
+            score, top = f"{e['abnormality']:.3f}", e["top_class"] or ""
+        else:
+            decision, score, top = f"[yellow]{escape(e['reason_code'] or '')}[/]", "", ""
+        verdict = escape(e["verdict"] or "")
+        table.add_row(str(e["id"]), e["created_at"][:19].replace("T", " "), escape(e["file"]), e["status"],
+                      decision, score, top, verdict)
+    console.print(table)
+    console.print(f"{len(exams)} exams. {NOTICE.capitalize()}.", highlight=False)

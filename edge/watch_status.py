@@ -1,0 +1,164 @@
+"""What the watcher tells the operator: counters, throughput, a live panel on a terminal, log lines.
+
+On a terminal (stdout is a TTY) a rich Live panel shows the counters; otherwise (systemd, a pipe)
+one plain line per exam goes to stdout. `--log-file` adds the same lines with timestamps to a file
+for unattended operation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from .review_log import NOTICE
+
+OUTCOMES = ("screened", "quarantined", "duplicate", "known", "retry", "changed", "gone")
+
+
+@dataclass
+class Counters:
+    screened: int = 0
+    referred: int = 0
+    normal: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_work: float | None = None
+    last_work: float | None = None
+
+    @property
+    def recorded(self) -> int:
+        return self.screened + self.quarantined
+
+    def throughput(self) -> float | None:
+        """Exams recorded per second of wall time from the first exam's start to the last one's end."""
+        if self.first_work is None or self.last_work is None or self.recorded == 0:
+            return None
+        span = self.last_work - self.first_work
+        return self.recorded / span if span > 0 else None
+
+
+class StatusReporter:
+    def __init__(self, model_identity: dict, folder: str, *, log_file: str | None = None,
+                 live: bool | None = None, queue_length=lambda: 0):
+        self.counters = Counters()
+        self.model = model_identity
+        self.folder = folder
+        self.queue_length = queue_length
+        self.live_enabled = sys.stdout.isatty() if live is None else live
+        self.console = Console()
+        self.lock = threading.Lock()
+        self.recent: list[str] = []
+        self.logger = logging.getLogger("cxr-edge.watch")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        self.logger.handlers.clear()
+        if log_file:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            self.logger.addHandler(handler)
+        self.live: Live | None = None
+
+    # -- lifecycle
+    def start(self, threshold: float, threshold_source: str, poll: bool) -> None:
+        m = self.model
+        line = (f"watching {self.folder} ({'polling' if poll else 'inotify'}); model {m['name']} {m['version']} "
+                f"sha256 {m['sha256'][:12]}; threshold {threshold:.3f} from {threshold_source}; {NOTICE}")
+        self.info(line)
+        if self.live_enabled:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def stop(self) -> str:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+        summary = self.summary()
+        self.info(summary)
+        return summary
+
+    def summary(self) -> str:
+        c = self.counters
+        rate = c.throughput()
+        rate_text = f"{rate:.1f} images/s" if rate is not None else "n/a"
+        return (f"stopped: {c.screened} screened ({c.referred} refer, {c.normal} normal), {c.quarantined} "
+                f"quarantined, {c.duplicates} duplicates; throughput {rate_text}; "
+                f"{time.monotonic() - c.started:.1f} s running")
+
+    # -- events
+    def info(self, message: str, *, to_stdout: bool = True) -> None:
+        self.logger.info(message)
+        if to_stdout:
+            if self.live is not None:
+                with self.lock:
+                    self.recent = (self.recent + [message])[-6:]
+                self.live.update(self._render())
+            else:
+                print(f"cxr-edge watch: {message}", flush=True)
+
+    def warning(self, message: str) -> None:
+        self.logger.warning(message)
+        if self.live is not None:
+            with self.lock:
+                self.recent = (self.recent + [f"[yellow]{escape(message)}[/]"])[-6:]
+            self.live.update(self._render())
+        else:
+            print(f"cxr-edge watch: warning: {message}", file=sys.stderr, flush=True)
+
+    def work_started(self) -> None:
+        if self.counters.first_work is None:
+            self.counters.first_work = time.monotonic()
+
+    def outcome(self, kind: str, message: str, *, decision: str | None = None) -> None:
+        c = self.counters
+        c.last_work = time.monotonic()
+        if kind == "screened":
+            c.screened += 1
+            if decision == "refer":
+                c.referred += 1
+            else:
+                c.normal += 1
+        elif kind == "quarantined":
+            c.quarantined += 1
+        elif kind == "duplicate":
+            c.duplicates += 1
+        elif kind == "retry":
+            c.retries += 1
+        if message:
+            self.info(message)
+        elif self.live is not None:
+            self.live.update(self._render())
+
+    def tick(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _render(self) -> Table:
+        c = self.counters
+        rate = c.throughput()
+        table = Table(title=f"cxr-edge watch {escape(self.folder)}", title_justify="left", show_header=False)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        table.add_row("screened", str(c.screened))
+        table.add_row("[bold red]referred[/]", str(c.referred))
+        table.add_row("normal", str(c.normal))
+        table.add_row("[yellow]failed (quarantined)[/]", str(c.quarantined))
+        table.add_row("duplicates", str(c.duplicates))
+        table.add_row("queue", str(self.queue_length()))
+        table.add_row("throughput", f"{rate:.1f} images/s" if rate else "-")
+        with self.lock:
+            for line in self.recent:
+                table.add_row("", line if line.startswith("[yellow]") else escape(line))
+        m = self.model
+        table.caption = f"model {escape(m['name'])} {escape(m['version'])} ({m['sha256'][:12]}). {NOTICE}."
+        return table
