@@ -1,0 +1,106 @@
+"""Train / validation / test assignment that keeps near-duplicates and same-patient images together.
+
+A dataset's own val/test split is kept (the user chose it); images without one are split here,
+group by group, stratified by label, with a fixed seed. Whatever the origin, `leaks` lists the
+near-duplicate pairs that still end up on different sides, and `fit` refuses to start on any.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from .audit import AuditResult, pair_rows
+
+SPLITS = ("train", "val", "test")
+
+
+def select_images(result: AuditResult, *, dedup: bool = True, drop_conflicts: bool = True) -> tuple[np.ndarray, dict]:
+    """Indices of the images to train/evaluate on, and what was left out and why."""
+    samples, records = result.samples, result.records
+    keep = result.readable.copy()
+    dropped = Counter()
+    dropped["unreadable"] = int((~keep).sum())
+    members = defaultdict(list)
+    for i, g in enumerate(result.duplicate_group):
+        if keep[i]:
+            members[int(g)].append(i)
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        labels = {samples[i].label for i in group}
+        if drop_conflicts and len(labels) > 1:
+            keep[group] = False
+            dropped["label_conflict"] += len(group)
+            continue
+        if dedup:  # one copy per side of a dataset's own split; copies across its sides stay (a leak to report)
+            sides = defaultdict(list)
+            for i in group:
+                sides[samples[i].split if samples[i].split in ("val", "test") else "train"].append(i)
+            for side in sides.values():
+                best = max(side, key=lambda i: (records[i]["width"] * records[i]["height"], -i))
+                for i in side:
+                    if i != best:
+                        keep[i] = False
+                        dropped["duplicate_copy"] += 1
+    return np.nonzero(keep)[0], dict(dropped)
+
+
+def assign_splits(result: AuditResult, indices: np.ndarray, *, val_fraction: float = 0.15,
+                  test_fraction: float = 0.15, seed: int = 0, use_dataset_splits: bool = True) -> list[str | None]:
+    """Split name per sample (None for images not in `indices`)."""
+    samples = result.samples
+    splits: list[str | None] = [None] * len(samples)
+    has_own = defaultdict(set)
+    for i in indices:
+        if use_dataset_splits and samples[i].split:
+            has_own[samples[i].dataset].add(samples[i].split)
+    groups = defaultdict(list)
+    for i in indices:
+        groups[int(result.split_group[i])].append(int(i))
+    free = []
+    for gid, members in groups.items():
+        own = {samples[i].split for i in members} if use_dataset_splits else set()
+        needs_holdout = all("val" not in has_own[samples[i].dataset] for i in members)
+        if own & {"val", "test"} or not needs_holdout:
+            for i in members:
+                splits[i] = samples[i].split if use_dataset_splits and samples[i].split else "train"
+        else:
+            free.append(members)
+    _stratified(free, samples, splits, val_fraction, test_fraction, seed)
+    return splits
+
+
+def _stratified(groups, samples, splits, val_fraction, test_fraction, seed) -> None:
+    rng = np.random.default_rng(seed)
+    by_label = defaultdict(list)
+    for members in sorted(groups, key=lambda m: str(samples[m[0]].path)):
+        label = Counter(samples[i].label for i in members).most_common(1)[0][0]
+        by_label[label].append(members)
+    for label in sorted(by_label):
+        bucket = by_label[label]
+        order = rng.permutation(len(bucket))
+        total = sum(len(m) for m in bucket)
+        targets = {"val": round(total * val_fraction), "test": round(total * test_fraction)}
+        filled = Counter()
+        for k in order:
+            members = bucket[k]
+            side = next((s for s in ("val", "test") if filled[s] < targets[s]), "train")
+            filled[side] += len(members)
+            for i in members:
+                splits[i] = side
+
+
+def leaks(result: AuditResult, splits: list[str | None]) -> list[dict]:
+    """Near-duplicate pairs of used images that sit on different sides of the split."""
+    return [row for row, (i, j, _) in zip(pair_rows(result, splits), result.pairs)
+            if splits[i] is not None and splits[j] is not None and splits[i] != splits[j]]
+
+
+def split_counts(samples, splits) -> dict:
+    out = {s: {} for s in SPLITS}
+    for sample, side in zip(samples, splits):
+        if side is not None:
+            out[side][sample.label] = out[side].get(sample.label, 0) + 1
+    return out
