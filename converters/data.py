@@ -1,0 +1,94 @@
+"""Labelled images for calibration, fine-tuning and parity, read through the one preprocessing."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.decode import load_image
+from edge.errors import CxrError, ExitCode
+from edge.preprocess import PreprocessSpec, preprocess
+
+TRAIN_SPLITS = ("train", None)  # None: the folder declares no split
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images with integer labels (indices into `classes`)."""
+
+    images: np.ndarray  # (N, H, W, 1) float32 in [0, 1]
+    labels: np.ndarray  # (N,) int
+    classes: list[str]
+    paths: list[str]
+    skipped: list[str] = field(default_factory=list)  # "path: reason" for files that could not be read
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def summary(self) -> dict:
+        counts = Counter(self.classes[i] for i in self.labels)
+        return {"images": len(self), "per_class": {c: counts.get(c, 0) for c in self.classes},
+                "skipped": len(self.skipped)}
+
+
+def find_samples(roots: list[Path], classes: list[str], aliases: list[str] | None = None) -> list:
+    """Every labelled image under `roots` whose class the model knows; CxrError (exit 6) when none."""
+    from edge import datasets
+
+    overrides = datasets.parse_alias_overrides(aliases or [])
+    samples = datasets.discover_many([Path(r) for r in roots], aliases=overrides or None, classes=classes)
+    known = [s for s in samples if s.label in classes]
+    if not known:
+        shown = ", ".join(str(r) for r in roots)
+        raise CxrError(f"{shown}: no labelled images for the model's classes {classes}",
+                       code=ExitCode.DATA, reason="no_labelled_images")
+    return known
+
+
+def training_part(samples: list) -> list:
+    """The training split when the folders declare splits, else everything given."""
+    train = [s for s in samples if s.split in TRAIN_SPLITS]
+    return train or samples
+
+
+def stratified_sample(samples: list, n: int | None, seed: int = 0) -> list:
+    """Up to n samples with every class represented in proportion (at least one each); deterministic."""
+    if n is None or n >= len(samples):
+        return sorted(samples, key=lambda s: str(s.path))
+    by_class: dict[str, list] = defaultdict(list)
+    for sample in sorted(samples, key=lambda s: str(s.path)):
+        by_class[sample.label].append(sample)
+    rng = random.Random(seed)
+    for members in by_class.values():
+        rng.shuffle(members)
+    quota = {label: max(1, round(n * len(members) / len(samples))) for label, members in by_class.items()}
+    while sum(quota.values()) > n:  # rounding overshoot: trim the largest class
+        largest = max(quota, key=quota.get)
+        quota[largest] -= 1
+    chosen = [s for label, members in by_class.items() for s in members[:quota[label]]]
+    return sorted(chosen, key=lambda s: str(s.path))
+
+
+def load_images(samples: list, spec: PreprocessSpec, classes: list[str]) -> ImageSet:
+    """Decode and preprocess; unreadable files are skipped and named, never scored."""
+    images, labels, paths, skipped = [], [], [], []
+    for sample in samples:
+        try:
+            decoded = load_image(sample.path)
+        except CxrError as exc:
+            skipped.append(f"{sample.path}: {exc}")
+            continue
+        images.append(preprocess(decoded.pixels, spec))
+        labels.append(classes.index(sample.label))
+        paths.append(str(sample.path))
+    if skipped:
+        sys.stderr.write(f"converters: skipped {len(skipped)} unreadable image(s), first: {skipped[0]}\n")
+    if not images:
+        raise CxrError("none of the selected images could be read", code=ExitCode.DATA, reason="no_readable_images")
+    array = np.stack(images).astype(np.float32)
+    return ImageSet(array, np.asarray(labels, dtype=np.int64), list(classes), paths, skipped)
