@@ -80,7 +80,8 @@ def print_exam_table(exams: list[dict], log_path: str) -> None:
     console = Console()
     table = Table(title=f"cxr-edge review log {escape(log_path)}", title_justify="left")
     for column in ("Id", "Time (UTC)", "File", "Status", "Decision", "Abnormality", "Top class", "Verdict"):
-        table.add_column(column, justify="right" if column in ("Id", "Abnormality") else "left", overflow="fold")
+        table.add_column(column, justify="right" if column in ("Id", "Abnormality") else "left",
+                         overflow="fold", no_wrap=column != "File")
     for e in exams:
         if e["status"] == "screened":
             style = "bold red" if e["decision"] == "refer" else "green"

@@ -40,10 +40,11 @@ def thumbnail_jpeg(model_input: np.ndarray) -> bytes:
 
 
 def abnormal_map(cam: np.ndarray, probabilities: list[float], normal_index: int) -> np.ndarray | None:
-    """Class activation maps (h, w, n_classes) -> one map in [0, 1] for "not normal", or None.
+    """Class activation maps (h, w, n_classes, logit units) -> one map in [0, 1] for "not normal", or None.
 
-    The maps of the abnormal classes are averaged, weighted by their probabilities, so the map
-    shows what drove the abnormality score rather than any single class.
+    The abnormality score is 1 - P(normal), which depends on each abnormal class's logit minus the
+    normal one; so the map is sum_c p_c * (cam_c - cam_normal) over the abnormal classes, weighted
+    by their probabilities, keeping only the positive evidence.
     """
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 3 or cam.shape[-1] != len(probabilities):
@@ -52,7 +53,8 @@ def abnormal_map(cam: np.ndarray, probabilities: list[float], normal_index: int)
     weights[normal_index] = 0.0
     if weights.sum() <= 0:
         return None
-    combined = np.maximum(cam @ (weights / weights.sum()), 0.0)
+    evidence = cam - cam[:, :, normal_index:normal_index + 1]
+    combined = np.maximum(evidence @ (weights / weights.sum()), 0.0)
     peak = float(combined.max())
     if not np.isfinite(peak) or peak <= 0:
         return None
@@ -63,13 +65,13 @@ def heatmap_jpeg(model_input: np.ndarray, cam: np.ndarray | None, probabilities:
                  normal_index: int) -> tuple[bytes | None, str]:
     """(JPEG of the abnormality map over the thumbnail, or None; a note saying why when None)."""
     if cam is None:
-        return None, "the model provides no heatmap (no 'cam' output)"
+        return None, "this model has no 'cam' output"
     heat = abnormal_map(cam, probabilities, normal_index)
     if heat is None:
-        return None, "the model's class activation maps are flat or malformed for this exam"
+        return None, "the class activation maps show no evidence for an abnormal class in this exam"
     grey = _grey_uint8(model_input)
     heat = cv2.resize(heat, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(np.clip(heat * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     base = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     blended = cv2.addWeighted(base, 1.0 - HEATMAP_ALPHA, colour, HEATMAP_ALPHA, 0.0)
-    return _encode(blended), "abnormal-class activation map, weighted by the abnormal class probabilities"
+    return _encode(blended), "evidence for the abnormal classes (class activation map)"

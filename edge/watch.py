@@ -120,7 +120,8 @@ class ExamProcessor:
             return "changed", "", None
         if result.status == "screened":
             return self._screened(path, sha256, stat, result)
-        if result.status == "failed":
+        # Refusals are retried too: a DICOM caught half-written can lack its Modality tag and look refusable.
+        if result.status in ("failed", "refused"):
             attempts = self.pending.attempts(path, sha256) + 1
             if attempts < self.options.retries:
                 self.pending.retry(path, sha256, self.options.retry_delay)
