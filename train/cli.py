@@ -1,0 +1,209 @@
+"""`cxr-train`: audit labelled chest X-ray folders and train a Keras model with an evaluation report.
+
+Every user error prints one line (`cxr-train: error: ...`) and exits with its documented code
+(6 data problems, 7 leakage refusal, 2 usage, 3 model weights).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edge.datasets import CANONICAL_CLASSES, DEFAULT_ALIASES, SKIP, discover_many, parse_alias_overrides
+from edge.errors import CxrError, ExitCode
+
+from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit
+
+app = typer.Typer(help="Audit chest X-ray datasets and train screening models (a screening aid, not a diagnosis).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+DataArgument = typer.Argument(..., help="Dataset folders, CSV files (path,label) or train/val/test .txt lists.")
+AliasOption = typer.Option([], "--alias", "-a", help=f"NAME=CLASS mapping for a folder or label name (repeatable); "
+                                                     f"NAME={SKIP} leaves it out. Example: --alias Lung_Opacity=skip")
+ClassesOption = typer.Option(",".join(CANONICAL_CLASSES), "--classes",
+                             help="Comma-separated model classes; must include normal.")
+MaxDistanceOption = typer.Option(DEFAULT_MAX_DISTANCE, "--max-distance", min=0, max=255,
+                                 help="Perceptual-hash Hamming distance (of 255 bits) that counts as a near-duplicate.")
+CacheOption = typer.Option(None, "--cache", help="Hash cache file. Default: $CXR_EDGE_CACHE/image-hashes.json, "
+                                                 "else <cxr-edge home>/cache/image-hashes.json.")
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    classes = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    if "normal" not in classes or len(classes) < 2:
+        raise CxrError(f"--classes {text!r}: needs 'normal' and at least one other class", code=ExitCode.USAGE,
+                       reason="bad_option")
+    return classes
+
+
+def _progress(label: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            sys.stderr.write(f"\r{label}: {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return show
+
+
+@app.command()
+def audit(
+    data: List[Path] = DataArgument,
+    alias: List[str] = AliasOption,
+    classes: str = ClassesOption,
+    max_distance: int = MaxDistanceOption,
+    cache: Optional[Path] = CacheOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the full audit as one JSON object."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON audit to this file."),
+) -> None:
+    """Exact and near-duplicate images (within a split, across splits, across datasets), class balance,
+    unreadable files, sizes and bit depths, and source confounds."""
+    samples = discover_many(data, aliases=parse_alias_overrides(alias), classes=_classes(classes))
+    result = run_audit(samples, max_distance=max_distance, cache_path=cache or default_cache_path(),
+                       progress=_progress("hashing"))
+    report = result.report
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+        return
+    _print_audit(report)
+
+
+def _print_audit(report: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    counts = Table(title=f"{report['n_images']} images", title_justify="left")
+    classes = sorted(report["class_counts"]["total"])
+    counts.add_column("dataset")
+    for c in classes:
+        counts.add_column(c, justify="right")
+    for name, row in report["class_counts"].items():
+        counts.add_row(name, *(str(row.get(c, 0)) for c in classes))
+    console.print(counts)
+    d, h = report["duplicates"], report["hash"]
+    console.print(f"near-duplicate pairs (distance <= {h['max_distance']}): {d['pairs']} ({d['exact_pairs']} "
+                  f"byte-identical): {d['within_split']} within a split, {d['across_splits']} across splits, "
+                  f"{d['across_datasets']} across datasets, {d['label_conflicts']} with different labels; "
+                  f"unreadable files: {len(report['unreadable'])}", highlight=False)
+    pairs = [p for p in report["near_duplicate_pairs"] if p["scope"] != "within_split" or p["label_conflict"]]
+    if pairs:
+        table = Table(title="across datasets/splits or with different labels", title_justify="left")
+        for col in ("dist", "a", "b", "labels"):
+            table.add_column(col, overflow="fold")
+        for p in pairs[:40]:
+            table.add_row(str(p["distance"]), escape(f"{p['a']['dataset']}/{p['a']['split'] or '-'}: {p['a']['path']}"),
+                          escape(f"{p['b']['dataset']}/{p['b']['split'] or '-'}: {p['b']['path']}"),
+                          f"{p['a']['label']} / {p['b']['label']}")
+        console.print(table)
+    for name, info in report["images"].items():
+        console.print(f"{name}: sizes {info['most_common_sizes']} ({info['distinct_sizes']} distinct), bits "
+                      f"{info['bit_depths']}, formats {info['formats']}", highlight=False)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    console.print(f"hashed {h['hashed']} file(s), {h['from_cache']} from cache, in {h['seconds']} s; "
+                  "--json for every pair", highlight=False)
+
+
+@app.command()
+def fit(
+    data: List[Path] = DataArgument,
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (model, report, plots, checkpoints)."),
+    preset: str = typer.Option("small-cnn", "--preset", "-p", help="Model preset (see `cxr-train presets`)."),
+    input_size: int = typer.Option(224, "--input-size", min=16, help="Square input side in pixels."),
+    resize: str = typer.Option("stretch", "--resize", help="stretch or letterbox (stored in the model)."),
+    epochs: int = typer.Option(20, "--epochs", min=1),
+    fine_tune_epochs: int = typer.Option(0, "--fine-tune-epochs", min=0,
+                                         help="Transfer presets: more epochs with the backbone's top unfrozen."),
+    fine_tune_fraction: float = typer.Option(0.3, "--fine-tune-fraction", min=0.0, max=1.0),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    learning_rate: float = typer.Option(1e-3, "--lr"),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd (momentum 0.9, Nesterov)."),
+    schedule: str = typer.Option("plateau", "--schedule", help="plateau (ReduceLROnPlateau), cosine or constant."),
+    monitor: str = typer.Option("val_screening_auc", "--monitor",
+                                help="val_screening_auc, val_loss or val_accuracy: early stopping and best checkpoint."),
+    patience: int = typer.Option(5, "--patience", min=1),
+    balance: str = typer.Option("weights", "--balance", help="weights (class weights), sampling (balanced "
+                                                             "batches) or none."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction"),
+    test_fraction: float = typer.Option(0.15, "--test-fraction"),
+    resplit: bool = typer.Option(False, "--resplit", help="Ignore the datasets' own val/test splits; regroup all."),
+    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Keep one copy of each near-duplicate group."),
+    allow_leakage: bool = typer.Option(False, "--allow-leakage",
+                                       help="Train even when near-duplicates cross train/val/test."),
+    max_distance: int = MaxDistanceOption,
+    alias: List[str] = AliasOption,
+    classes: str = ClassesOption,
+    weights: str = typer.Option("none", "--weights", help="none (offline default), imagenet, or a weights file."),
+    dropout: float = typer.Option(0.2, "--dropout", min=0.0, max=0.9),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Augment the training split."),
+    flip: bool = typer.Option(False, "--flip", help="Also mirror left-right (moves the heart; off by default)."),
+    seed: int = typer.Option(0, "--seed"),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (on with a GPU), on or off."),
+    target_sensitivity: float = typer.Option(0.95, "--target-sensitivity",
+                                             help="Threshold = highest reaching this sensitivity on validation."),
+    name: str = typer.Option("cxr-screen", "--name", help="Model name stored in the metadata."),
+    version: str = typer.Option("0.1.0", "--model-version", help="Model version stored in the metadata."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Cap steps (quick tries)."),
+    cache: Optional[Path] = CacheOption,
+    quiet: bool = typer.Option(False, "--quiet", help="One line per epoch instead of progress bars."),
+) -> None:
+    """Audit, split by near-duplicate groups, train, choose the threshold on validation, write the report."""
+    from .fit import FitConfig, run
+
+    config = FitConfig(
+        data=list(data), out=out, preset=preset, input_size=input_size, resize=resize, epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs, fine_tune_fraction=fine_tune_fraction, batch_size=batch_size,
+        learning_rate=learning_rate, optimizer=optimizer, schedule=schedule, monitor=monitor, patience=patience,
+        balance=balance, val_fraction=val_fraction, test_fraction=test_fraction, use_dataset_splits=not resplit,
+        dedup=dedup, allow_leakage=allow_leakage, max_distance=max_distance, aliases=parse_alias_overrides(alias),
+        classes=_classes(classes), weights=weights, dropout=dropout, augment=augment, flip=flip, seed=seed,
+        mixed_precision=mixed_precision, target_sensitivity=target_sensitivity, name=name, version=version,
+        resume=resume, steps_per_epoch=steps_per_epoch, cache_path=cache,
+        verbose=2 if quiet or not sys.stdout.isatty() else 1,
+    )
+    run(config)
+
+
+@app.command()
+def presets() -> None:
+    """List the model presets."""
+    from models.architectures import PRESETS
+
+    for preset in PRESETS.values():
+        tag = "edge" if preset.edge else "    "
+        typer.echo(f"{preset.name:20s} {preset.kind:8s} {tag}  {preset.description}")
+
+
+@app.command()
+def aliases() -> None:
+    """List the built-in folder/label aliases."""
+    for name, target in sorted(DEFAULT_ALIASES.items()):
+        typer.echo(f"{name!r:28s} -> {target}")
+
+
+def main() -> None:
+    try:
+        app()
+    except CxrError as exc:
+        sys.stderr.write(f"cxr-train: error: {exc}\n")
+        sys.exit(int(exc.code))
+    except KeyboardInterrupt:
+        sys.stderr.write("cxr-train: interrupted (resume with --resume)\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

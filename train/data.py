@@ -1,0 +1,134 @@
+"""tf.data pipelines: stream files from disk, decode + the one shared preprocessing, cache to a file,
+augment the training split only, prefetch. Nothing holds a whole dataset in memory.
+
+Augmentation uses stateless random ops seeded from a tf.data random stream, so a run with the
+same seed sees the same augmented images in the same order (on CPU; GPU kernels may differ in
+the last bits).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from edge.decode import load_image  # noqa: E402
+from edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random changes applied to training images only (defaults follow the seeds)."""
+
+    rotation_deg: float = 10.0
+    zoom: float = 0.10  # scale in [1 - zoom, 1 + zoom]
+    shift: float = 0.08  # fraction of the side
+    brightness: float = 0.10  # added in [-b, b]
+    contrast: float = 0.20  # factor in [1 - c, 1 + c]
+    noise: float = 0.02  # Gaussian sigma
+    flip: bool = False  # a mirrored chest puts the heart on the wrong side; off unless asked for
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _loader(spec: PreprocessSpec):
+    def load(path: bytes) -> np.ndarray:
+        return preprocess(load_image(path.decode()).pixels, spec).astype(np.float32)
+    return load
+
+
+def _decode(spec: PreprocessSpec):
+    load = _loader(spec)
+
+    def fn(path, label):
+        image = tf.numpy_function(load, [path], tf.float32, stateful=False)
+        image.set_shape((spec.height, spec.width, 1))
+        return image, label
+    return fn
+
+
+def _affine(image, seed, aug: Augment, height: int, width: int):
+    seeds = tf.random.experimental.stateless_split(seed, 8)
+    angle = tf.random.stateless_uniform([], seeds[0], -1.0, 1.0) * aug.rotation_deg * math.pi / 180.0
+    zoom = 1.0 + tf.random.stateless_uniform([], seeds[1], -aug.zoom, aug.zoom)
+    dx = tf.random.stateless_uniform([], seeds[2], -aug.shift, aug.shift) * width
+    dy = tf.random.stateless_uniform([], seeds[3], -aug.shift, aug.shift) * height
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # maps each output pixel to the input pixel it samples (rotation + zoom about the centre, shift)
+    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy - dx,
+                          -sin, cos, cy + sin * cx - cos * cy - dy, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform[None], output_shape=tf.constant([height, width]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+    if aug.flip:
+        out = tf.cond(tf.random.stateless_uniform([], seeds[4]) < 0.5, lambda: tf.image.flip_left_right(out),
+                      lambda: out)
+    mean = tf.reduce_mean(out)
+    contrast = 1.0 + tf.random.stateless_uniform([], seeds[5], -aug.contrast, aug.contrast)
+    brightness = tf.random.stateless_uniform([], seeds[6], -aug.brightness, aug.brightness)
+    out = (out - mean) * contrast + mean + brightness
+    out = out + tf.random.stateless_normal(tf.shape(out), seeds[7], stddev=aug.noise)
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def _augmenter(aug: Augment, spec: PreprocessSpec):
+    def fn(seed, element):
+        image, label = element
+        return _affine(image, seed, aug, spec.height, spec.width), label
+    return fn
+
+
+def _base(paths: list[str], labels: list[int], spec: PreprocessSpec, cache: Path | None):
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+    ds = ds.map(_decode(spec), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(cache))  # preprocessed tensors on disk: later epochs skip decoding
+    return ds
+
+
+def eval_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, cache: Path | None = None):
+    """Validation / test / prediction: decoded once, in file order, no augmentation."""
+    return _base(list(paths), list(labels), spec, cache).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def train_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, seed: int = 0,
+                  augment: Augment | None = Augment(), balanced: bool = False, n_classes: int = 3,
+                  cache_dir: Path | None = None) -> tuple[tf.data.Dataset, int]:
+    """(dataset, steps per epoch). balanced=True draws every class equally often (with repetition)."""
+    paths, labels = list(paths), list(labels)
+    steps = math.ceil(len(paths) / batch_size)
+    ds = _base(paths, labels, spec, cache_dir / "train" if cache_dir else None)
+    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if balanced:
+        # Rejection sampling over the repeated, cached stream: every pass reads the whole cache (so the
+        # cache file is completed), and classes come out equally often.
+        counts = np.bincount(np.asarray(labels, int), minlength=n_classes).astype(np.float32)
+        present = counts > 0
+        target = np.where(present, 1.0 / present.sum(), 0.0).astype(np.float32)
+        ds = ds.repeat().rejection_resample(lambda image, label: label, target_dist=target,
+                                            initial_dist=counts / counts.sum(), seed=seed)
+        ds = ds.map(lambda cls, element: element).take(steps * batch_size)
+    if augment is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((seeds, ds)).map(_augmenter(augment, spec), num_parallel_calls=AUTOTUNE,
+                                                  deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE), steps
+
+
+def class_weights(labels, n_classes: int) -> dict[int, float]:
+    """n / (k * n_c): every class contributes the same total weight to the loss."""
+    counts = np.bincount(np.asarray(labels, int), minlength=n_classes)
+    present = counts > 0
+    k = int(present.sum())
+    return {c: float(len(labels) / (k * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
