@@ -219,7 +219,7 @@ def review_list(
     """List the exams in the review log (screened and quarantined), oldest first."""
     from .review import print_exam_table, select_exams
 
-    with ReviewLog(log_path(log)) as review_log:
+    with ReviewLog(log_path(log), create=False) as review_log:
         exams = select_exams(review_log, referred=referred, since=since)
     if as_json:
         for exam in exams:
@@ -239,7 +239,7 @@ def review_export(
     heatmaps) and the JSON records."""
     from .review_export import export_bundle
 
-    with ReviewLog(log_path(log)) as review_log:
+    with ReviewLog(log_path(log), create=False) as review_log:
         summary = export_bundle(review_log, out, since=since, include_all=include_all)
     typer.echo(summary)
 
@@ -255,7 +255,7 @@ def review_verdict(
     if verdict not in ("agree", "disagree"):
         raise CxrError(f"verdict must be agree or disagree, not {verdict!r}", code=ExitCode.USAGE,
                        reason="bad_option")
-    with ReviewLog(log_path(log)) as review_log:
+    with ReviewLog(log_path(log), create=False) as review_log:
         row = review_log.set_verdict(exam_id, verdict, note)
     typer.echo(f"exam {row['id']}: {row['verdict']} with the model's {row['decision']} "
                f"(abnormality {row['abnormality']:.3f}) for {row['file']}")

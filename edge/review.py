@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 from rich.console import Console
@@ -79,18 +80,20 @@ def exam_record(log: ReviewLog, row: dict) -> dict:
 def print_exam_table(exams: list[dict], log_path: str) -> None:
     console = Console()
     table = Table(title=f"cxr-edge review log {escape(log_path)}", title_justify="left")
-    for column in ("Id", "Time (UTC)", "File", "Status", "Decision", "Abnormality", "Top class", "Verdict"):
-        table.add_column(column, justify="right" if column in ("Id", "Abnormality") else "left",
-                         overflow="fold", no_wrap=column != "File")
+    table.add_column("Id", justify="right", no_wrap=True)
+    table.add_column("Time (UTC)", no_wrap=True)
+    table.add_column("File", overflow="fold", ratio=1)
+    table.add_column("Result", overflow="fold")
+    table.add_column("Verdict", overflow="fold")
     for e in exams:
         if e["status"] == "screened":
             style = "bold red" if e["decision"] == "refer" else "green"
-            decision = f"[{style}]{e['decision']}[/]"
-            score, top = f"{e['abnormality']:.3f}", e["top_class"] or ""
+            result = f"[{style}]{e['decision']}[/] {e['abnormality']:.3f} {escape(e['top_class'] or '')}"
         else:
-            decision, score, top = f"[yellow]{escape(e['reason_code'] or '')}[/]", "", ""
+            result = f"[yellow]{e['status']}[/] {escape(e['reason_code'] or '')}"
         verdict = escape(e["verdict"] or "")
-        table.add_row(str(e["id"]), e["created_at"][:19].replace("T", " "), escape(e["file"]), e["status"],
-                      decision, score, top, verdict)
+        table.add_row(str(e["id"]), e["created_at"][:16].replace("T", " "), escape(Path(e["file"]).name),
+                      result, verdict)
     console.print(table)
-    console.print(f"{len(exams)} exams. {NOTICE.capitalize()}.", highlight=False)
+    console.print(f"{len(exams)} exams (full paths and probabilities: --json). {NOTICE.capitalize()}.",
+                  highlight=False)

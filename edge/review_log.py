@@ -91,8 +91,11 @@ def utc_now() -> str:
 
 
 class ReviewLog:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise CxrError(f"{self.path}: no review log here (nothing screened yet, or another --log?)",
+                           code=ExitCode.STORAGE, reason="log_missing")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -140,13 +143,17 @@ class ReviewLog:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise self._write_error(exc) from None
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+            self.db.execute("ROLLBACK")
 
     def _write_error(self, exc: Exception) -> CxrError:
         return CxrError(f"{self.path}: cannot write to review log ({exc})", code=ExitCode.STORAGE,

@@ -18,6 +18,7 @@ import hashlib
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ class Watcher:
         self.processor = ExamProcessor(options, model, self.log, self.pending)
         self.scanner_error: BaseException | None = None
         self.signal_name: str | None = None
+        self.folder_present = True
         self.backlog_scanned = threading.Event()
 
     # -- the scanner thread: rescans, and moves ready files from Pending into the bounded queue
@@ -254,12 +256,8 @@ class Watcher:
     # -- the main loop
     def run(self) -> int:
         folder = self.options.folder
-        observer = (PollingObserver(timeout=self.options.poll_interval) if self.options.poll
-                    else Observer())
-        observer.schedule(FolderEvents(folder, self.excluded, self.pending.touch), str(folder), recursive=True)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self.status.start(self.options.threshold, self.options.threshold_source, self.options.poll)
-        observer.start()  # before the backlog scan, so a file written in between is seen by one or the other
+        observer = self._start_observer(folder)  # before the backlog scan: a file written in between is seen
         scanner = threading.Thread(target=self._scanner, name="cxr-edge-scan", daemon=True)
         scanner.start()
         try:
@@ -282,6 +280,29 @@ class Watcher:
                            reason="watch_failed") from self.scanner_error
         return 0
 
+    def _start_observer(self, folder: Path):
+        handler = FolderEvents(folder, self.excluded, self.pending.touch)
+        polling = self.options.poll
+        if not polling:
+            try:
+                observer = Observer()
+                observer.schedule(handler, str(folder), recursive=True)
+                observer.start()
+            except OSError as exc:  # e.g. the inotify watch limit on a deep tree
+                try:
+                    observer.stop()
+                except Exception:
+                    pass
+                self.status.warning(f"inotify unavailable ({exc}); polling every {self.options.poll_interval} s "
+                                    "instead (raise fs.inotify.max_user_watches to avoid this)")
+                polling = True
+        if polling:
+            observer = PollingObserver(timeout=self.options.poll_interval)
+            observer.schedule(handler, str(folder), recursive=True)
+            observer.start()
+        self.status.start(self.options.threshold, self.options.threshold_source, polling)
+        return observer
+
     def _on_signal(self, signum, frame) -> None:
         # Only set flags here: printing from a signal handler can collide with a print in progress.
         self.signal_name = signal.Signals(signum).name
@@ -297,15 +318,29 @@ class Watcher:
                         and self.queue.empty():
                     return
                 if time.monotonic() - last_tick > 1.0:
+                    self._check_folder()
                     self.status.tick()
                     last_tick = time.monotonic()
                 continue
             self._handle(path)
 
+    def _check_folder(self) -> None:
+        present = self.options.folder.is_dir()
+        if present != self.folder_present:
+            self.folder_present = present
+            if present:
+                self.status.info(f"{self.options.folder} is back; rescanning")
+                self.scan_now.set()
+            else:
+                self.status.warning(f"{self.options.folder} is gone (unmounted or removed?); waiting for it")
+
     def _handle(self, path: Path) -> None:
-        self.status.work_started()
+        started = time.monotonic()
         try:
             outcome, message, decision = self.processor.process(path)
+        except sqlite3.Error as exc:  # the log itself is failing (disk full, read-only): stop, lose nothing
+            raise CxrError(f"{self.options.log}: review log write failed ({exc}); {path} was not recorded and "
+                           "will be screened after a restart", code=ExitCode.STORAGE, reason="log_unwritable") from None
         except CxrError as exc:
             if exc.code == ExitCode.STORAGE:  # the log itself is failing: stop rather than lose results
                 raise
@@ -316,6 +351,7 @@ class Watcher:
             self.status.warning(f"{path}: {exc}; will retry")
             self.pending.retry(path, None, self.options.retry_delay)
             return
+        self.status.busy(time.monotonic() - started)
         if outcome == "changed":
             self.pending.restart(path)
         elif outcome != "retry":

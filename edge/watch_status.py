@@ -32,19 +32,18 @@ class Counters:
     duplicates: int = 0
     retries: int = 0
     started: float = field(default_factory=time.monotonic)
-    first_work: float | None = None
-    last_work: float | None = None
+    busy_seconds: float = 0.0  # time spent reading, screening, recording and moving files
 
     @property
     def recorded(self) -> int:
         return self.screened + self.quarantined
 
     def throughput(self) -> float | None:
-        """Exams recorded per second of wall time from the first exam's start to the last one's end."""
-        if self.first_work is None or self.last_work is None or self.recorded == 0:
+        """Exams recorded per second of busy time: what the station sustains during a burst,
+        not diluted by the hours the folder was idle."""
+        if self.recorded == 0 or self.busy_seconds <= 0:
             return None
-        span = self.last_work - self.first_work
-        return self.recorded / span if span > 0 else None
+        return self.recorded / self.busy_seconds
 
 
 class StatusReporter:
@@ -92,7 +91,7 @@ class StatusReporter:
         rate = c.throughput()
         rate_text = f"{rate:.1f} images/s" if rate is not None else "n/a"
         return (f"stopped: {c.screened} screened ({c.referred} refer, {c.normal} normal), {c.quarantined} "
-                f"quarantined, {c.duplicates} duplicates; throughput {rate_text}; "
+                f"quarantined, {c.duplicates} duplicates; throughput {rate_text} while busy; "
                 f"{time.monotonic() - c.started:.1f} s running")
 
     # -- events
@@ -115,13 +114,11 @@ class StatusReporter:
         else:
             print(f"cxr-edge watch: warning: {message}", file=sys.stderr, flush=True)
 
-    def work_started(self) -> None:
-        if self.counters.first_work is None:
-            self.counters.first_work = time.monotonic()
+    def busy(self, seconds: float) -> None:
+        self.counters.busy_seconds += seconds
 
     def outcome(self, kind: str, message: str, *, decision: str | None = None) -> None:
         c = self.counters
-        c.last_work = time.monotonic()
         if kind == "screened":
             c.screened += 1
             if decision == "refer":
