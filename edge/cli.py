@@ -97,12 +97,21 @@ AliasOption = typer.Option(None, "--alias", help="Map a folder/label name to a c
                            "'Lung_Opacity=pneumonia', or NAME=skip to leave it out. Repeatable.")
 
 
-def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]]):
+SplitOption = typer.Option(None, "--split", help="Only images of this split (train, val or test), for data "
+                           "that names its splits, such as the splits.csv a cxr-train run writes.")
+
+
+def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]], split: Optional[str]):
     from .datasets import discover_many, parse_alias_overrides
     from .evaluation import score_samples
 
     samples = discover_many(data, aliases=parse_alias_overrides(aliases or []),
                             classes=tuple(tflite.metadata.classes))
+    if split is not None:
+        samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise CxrError(f"no image of split {split!r} in {', '.join(map(str, data))}", code=ExitCode.DATA,
+                           reason="empty_dataset")
     with progress_bar(len(samples), "scoring") as step:
         return score_samples(tflite, samples, on_step=step)
 
@@ -113,6 +122,7 @@ def evaluate(
     model: Optional[Path] = ModelOption,
     threshold: Optional[float] = ThresholdOption,
     alias: Optional[List[str]] = AliasOption,
+    split: Optional[str] = SplitOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every metric."),
 ) -> None:
     """Evaluate a model on labelled images: per-class metrics, confusion matrix and screening metrics."""
@@ -120,7 +130,7 @@ def evaluate(
 
     tflite = load_model(model)
     cutoff, source = resolve_threshold(tflite, threshold)
-    report = evaluation_report(tflite, _scored_folder(data, tflite, alias), cutoff, source)
+    report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split), cutoff, source)
     report["data"] = [str(d) for d in data]
     if as_json:
         typer.echo(json.dumps(report, sort_keys=True))
@@ -137,6 +147,7 @@ def calibrate(
                                       help="Sensitivity (share of abnormal images referred) to reach."),
     model: Optional[Path] = ModelOption,
     alias: Optional[List[str]] = AliasOption,
+    split: Optional[str] = SplitOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the threshold without storing it."),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration record as JSON."),
 ) -> None:
@@ -146,7 +157,7 @@ def calibrate(
     from .evaluation import calibrate as calibrate_scores
 
     tflite = load_model(model)
-    record = calibrate_scores(tflite, _scored_folder(data, tflite, alias), sensitivity)
+    record = calibrate_scores(tflite, _scored_folder(data, tflite, alias, split), sensitivity)
     record["data"] = [str(d) for d in data]
     stored = None if dry_run else store_threshold(tflite.sha256, record)
     if as_json:

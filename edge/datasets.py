@@ -208,7 +208,8 @@ def _from_csv(path: Path, dataset: str, resolve: _Resolver) -> list[Sample]:
             cls = resolve(label, f"{path}:{line_no}")
             if cls is None:
                 continue
-            file = _resolve_file(name, [path.parent] + ([path.parent / split] if split else []))
+            # Relative paths: next to the CSV first, then (as cxr-train's splits.csv writes them) the cwd.
+            file = _resolve_file(name, [path.parent] + ([path.parent / split] if split else []) + [Path.cwd()])
             if file is None:
                 raise CxrError(f"{path}:{line_no}: image {name!r} not found next to the CSV",
                                code=ExitCode.DATA, reason="missing_image")

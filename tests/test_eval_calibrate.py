@@ -76,3 +76,22 @@ def test_calibrate_needs_both_classes(tiny_model, tmp_path):
     shutil.copytree(MINI / "NORMAL", tmp_path / "NORMAL")
     run = cxr_edge("calibrate", tmp_path, "-m", tiny_model)
     assert run.returncode == 6 and "no abnormal" in run.stderr
+
+
+def test_eval_one_split_of_a_train_run_csv(tiny_model, tmp_path, monkeypatch):
+    rows = ["path,dataset,label,split"]
+    files = sorted(p for p in MINI.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    for i, path in enumerate(files):
+        rows.append(f"{path.relative_to(MINI.parent)},mini,{path.parent.name},{'test' if i % 3 == 0 else 'train'}")
+    csv_file = tmp_path / "run" / "splits.csv"
+    csv_file.parent.mkdir()
+    csv_file.write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(MINI.parent)  # cxr-train writes paths relative to where it ran
+    import subprocess, sys
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "eval", str(csv_file), "--split", "test", "-m",
+                          str(tiny_model), "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["n"] == len(range(0, len(files), 3))
+    none = subprocess.run([sys.executable, "-m", "edge.cli", "eval", str(csv_file), "--split", "val", "-m",
+                           str(tiny_model)], capture_output=True, text=True, timeout=120)
+    assert none.returncode == 6 and "no image of split 'val'" in none.stderr
