@@ -1,0 +1,172 @@
+"""cxr-train fit on real (downscaled) chest X-rays: tiny models, a few steps, real files written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import CxrError, ExitCode
+from edge.metadata import ModelMetadata
+
+MINI = Path(__file__).parent / "data" / "cxr-mini"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from train.fit import FitConfig, run
+
+    out = tmp_path_factory.mktemp("run")
+    return run(FitConfig(data=[MINI], out=out, input_size=64, epochs=2, batch_size=8, val_fraction=0.25,
+                         test_fraction=0.25, seed=1, verbose=0, cache_path=out / "hashes.json",
+                         gradcam_per_kind=2))
+
+
+@pytest.mark.slow
+def test_run_folder_contract(tiny_run):
+    out = tiny_run.out
+    for name in ("model.keras", "model.meta.json", "metrics.json", "report.md", "audit.json", "splits.csv",
+                 "history.csv", "predictions.csv", "plots/training-curves.png", "plots/confusion-val.png",
+                 "plots/roc-val.png", "checkpoints/best.weights.h5", "checkpoints/last.keras"):
+        assert (out / name).is_file(), name
+    assert list((out / "gradcam").glob("gradcam-*.png"))
+    meta = ModelMetadata.from_dict(json.loads((out / "model.meta.json").read_text()))
+    assert meta.classes == ["normal", "pneumonia", "covid-19"]
+    assert meta.preprocessing.height == 64 and meta.quantization == "none"
+    assert meta.threshold == pytest.approx(tiny_run.metrics["threshold"])
+    assert "validation" in meta.threshold_rule and meta.metrics["validation"]["screening"]["n"] == 6
+    assert meta.training_data["splits"]["train"] == {"covid-19": 4, "normal": 4, "pneumonia": 4}
+    assert "duplicates" in meta.training_data
+
+
+@pytest.mark.slow
+def test_metrics_are_consistent_with_predictions(tiny_run):
+    metrics = json.loads((tiny_run.out / "metrics.json").read_text())
+    with open(tiny_run.out / "predictions.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
+    abnormal = [r for r in rows if r["true"] != "normal"]
+    threshold = metrics["threshold"]
+    sens = sum(float(r["abnormality"]) >= threshold for r in abnormal) / len(abnormal)
+    assert metrics["val"]["screening"]["sensitivity"] == pytest.approx(sens)
+    assert sens >= 0.95  # chosen on validation to reach the target
+    s = metrics["val"]["screening"]
+    assert s["tp"] + s["fp"] + s["tn"] + s["fn"] == len(rows) == 6
+    for name in ("normal", "pneumonia", "covid-19"):
+        per = metrics["val"]["classes"]["per_class"][name]
+        assert {"precision", "recall", "specificity", "f1", "auc", "tp", "fp", "tn", "fn"} <= set(per)
+    assert any(row["threshold"] == pytest.approx(threshold, abs=1e-6) for row in metrics["val"]["threshold_table"])
+    assert metrics["test"]["screening"]["threshold"] == threshold  # test uses the validation threshold
+    assert metrics["notice"] == "screening aid, not a diagnosis" and len(metrics["model"]["sha256"]) == 64
+    report = (tiny_run.out / "report.md").read_text()
+    assert "Threshold table" in report and "specificity" in report and metrics["model"]["sha256"] in report
+
+
+@pytest.mark.slow
+def test_saved_model_loads_and_matches_report(tiny_run):
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras as keras
+
+    import models.architectures  # noqa: F401
+    from edge.decode import load_image
+    from edge.preprocess import preprocess
+
+    model = keras.models.load_model(tiny_run.model_path)
+    meta = ModelMetadata.from_dict(json.loads(tiny_run.meta_path.read_text()))
+    with open(tiny_run.out / "predictions.csv") as handle:
+        row = next(csv.DictReader(handle))
+    x = preprocess(load_image(row["path"]).pixels, meta.preprocessing)[None]
+    probs = model.predict(x, verbose=0)[0]
+    assert probs == pytest.approx([float(row[f"p_{c}"]) for c in meta.classes], abs=1e-5)
+
+
+def _leaky_dataset(root: Path) -> Path:
+    for split, sl in (("train", slice(0, 6)), ("val", slice(6, 8))):
+        for cls in ("NORMAL", "PNEUMONIA", "Covid"):
+            dst = root / split / cls
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in sorted((MINI / cls).glob("*.jpg"))[sl]:
+                shutil.copy(f, dst / f.name)
+    src = sorted((root / "train" / "PNEUMONIA").glob("*.jpg"))[0]
+    img = cv2.resize(cv2.imread(str(src), cv2.IMREAD_GRAYSCALE), (200, 200), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(root / "val" / "PNEUMONIA" / "same-child.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    return root
+
+
+def test_fit_refuses_leaky_split(tmp_path):
+    data = _leaky_dataset(tmp_path / "leaky")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "train.cli", "fit", str(data), "--out", str(out), "--input-size",
+                           "32", "--epochs", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CXR_EDGE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == ExitCode.CHECK_FAILED, proc.stderr[-1500:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("cxr-train: error:")]
+    assert len(error) == 1 and "share 1 near-duplicate pair" in error[0] and "same-child.jpg" in error[0]
+    leaked = json.loads((out / "leakage.json").read_text())
+    assert {leaked[0]["a"]["split"], leaked[0]["b"]["split"]} == {"train", "val"}
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["duplicates"]["across_splits"] == 1
+    assert not (out / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_resplit_and_balanced_sampling_train_a_transfer_preset(tmp_path):
+    """--resplit regroups a leaky dataset; a MobileNetV2 preset trains frozen, then fine-tunes, and resumes."""
+    from train.fit import FitConfig, run
+
+    data = _leaky_dataset(tmp_path / "leaky")
+    config = FitConfig(data=[data], out=tmp_path / "run", preset="mobilenetv2-0.35", input_size=32, epochs=1,
+                       fine_tune_epochs=1, batch_size=8, use_dataset_splits=False, val_fraction=0.3,
+                       test_fraction=0.0, balance="sampling", verbose=0, steps_per_epoch=2, gradcam_per_kind=1,
+                       cache_path=tmp_path / "hashes.json")
+    result = run(config)
+    assert result.metrics["training"]["fine_tuned_layers"] > 0
+    assert result.metrics["data"]["leakage_pairs_crossing_split"] == 0
+    assert result.metrics["training"]["epochs_run"] == 2
+    assert "test" not in result.metrics
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["phase"] == 2
+
+
+def test_unknown_folder_is_a_one_line_data_error(tmp_path):
+    (tmp_path / "ds" / "Lung_Opacity").mkdir(parents=True)
+    shutil.copy(next((MINI / "NORMAL").glob("*.jpg")), tmp_path / "ds" / "Lung_Opacity" / "a.jpg")
+    proc = subprocess.run([sys.executable, "-m", "train.cli", "audit", str(tmp_path / "ds")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.DATA
+    assert proc.stderr.strip().count("\n") == 0 and "Lung_Opacity" in proc.stderr
+
+
+def test_presets_build_with_grey_input_and_gap_head():
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from models.architectures import PRESETS, build_model
+
+    for name in ("small-cnn-l2", "mobilenetv3small", "densenet121"):
+        model = build_model(name, input_size=max(64, PRESETS[name].min_size), classes=3)
+        assert model.input_shape == (None, 64, 64, 1) and model.output_shape == (None, 3)
+        assert model.get_layer("gap") is not None
+        probs = model.predict(np.random.default_rng(0).random((2, 64, 64, 1), np.float32), verbose=0)
+        assert probs.sum(axis=1) == pytest.approx([1, 1], abs=1e-5)
+    with pytest.raises(CxrError) as info:
+        build_model("mobilenetv2", weights="/nonexistent.h5")
+    assert info.value.code == ExitCode.USAGE
+
+
+@pytest.mark.slow
+def test_same_seed_same_results(tiny_run, tmp_path):
+    from train.fit import FitConfig, run
+
+    again = run(FitConfig(data=[MINI], out=tmp_path / "again", input_size=64, epochs=2, batch_size=8,
+                          val_fraction=0.25, test_fraction=0.25, seed=1, verbose=0, cache_path=tmp_path / "h.json",
+                          gradcam_per_kind=2))
+    first = (tiny_run.out / "predictions.csv").read_text().splitlines()
+    second = (again.out / "predictions.csv").read_text().splitlines()
+    assert first == second
+    assert again.metrics["threshold"] == tiny_run.metrics["threshold"]
