@@ -134,10 +134,10 @@ def test_review_verdict_is_stored_beside_the_model_output(station):
     assert again["verdict"] == "disagree" and again["verdict_note"] == "old scar, no pneumonia"
     assert again["verdict_at"] and again["decision"] == exam["decision"]
     assert again["abnormality"] == exam["abnormality"]  # the model's output is untouched
+    quarantined = next(e["id"] for e in listed(log) if e["status"] == "quarantined")
     for args, message in [(["999999", "agree"], "no exam with id 999999"),
                           (["1", "maybe"], "agree or disagree"),
-                          ([str(next(e["id"] for e in listed(log) if e["status"] == "quarantined")), "agree"],
-                           "was not screened")]:
+                          ([str(quarantined), "agree"], "was not screened")]:
         bad = cli("review", "verdict", *args, "--log", str(log), check=False)
         assert bad.returncode == 2 and message in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
