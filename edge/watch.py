@@ -15,6 +15,7 @@ duplicate of the first exam, without a second result.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import signal
@@ -113,10 +114,7 @@ class ExamProcessor:
         known = self.store.known(sha256)
         if known is not None:
             return self._known(path, sha256, stat, known)
-        self.model.last = None
-        result = screen_file(path, self.model, self.options.threshold,
-                             threshold_source=self.options.threshold_source,
-                             allow_any_view=self.options.allow_any_view)
+        result = self._screen(path, sha256)
         if result.sha256 is not None and result.sha256 != sha256:
             return "changed", "", None
         if result.status == "screened":
@@ -129,6 +127,18 @@ class ExamProcessor:
                 return "retry", "", None
             result.reason = f"{result.reason} (still failing after {attempts} attempts)"
         return self._quarantine(path, sha256, stat, result)
+
+    def _screen(self, path: Path, sha256: str) -> ScreenResult:
+        self.model.last = None
+        try:
+            return screen_file(path, self.model, self.options.threshold,
+                               threshold_source=self.options.threshold_source,
+                               allow_any_view=self.options.allow_any_view)
+        except Exception as exc:  # a bug on one odd file must not stop (and crash-loop) the watcher
+            logging.getLogger("cxr-edge.watch").exception("unexpected error while screening %s", path)
+            return ScreenResult(str(path), "failed", self.model.identity, sha256=sha256, reason_code="internal_error",
+                                reason=f"{path}: unexpected error while screening ({type(exc).__name__}: {exc}); "
+                                       "please report this as a cxr-edge bug")
 
     def _screened(self, path: Path, sha256: str, stat, result: ScreenResult):
         images = self._images(result)
