@@ -8,6 +8,8 @@ the last bits).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -93,7 +95,11 @@ def _base(paths: list[str], labels: list[int], spec: PreprocessSpec, cache: Path
     ds = ds.map(_decode(spec), num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(cache))  # preprocessed tensors on disk: later epochs skip decoding
+        # keyed by the files and the spec: a changed split or input size never reads a stale cache
+        key = hashlib.sha256(json.dumps([spec.to_dict(), paths]).encode()).hexdigest()[:12]
+        for stale in cache.parent.glob(f"{cache.name}-{key}*.lockfile"):
+            stale.unlink()  # left by an interrupted run; one run owns its run folder
+        ds = ds.cache(f"{cache}-{key}")  # preprocessed tensors on disk: later epochs skip decoding
     return ds
 
 
