@@ -154,15 +154,15 @@ def _decode_dicom(path: Path, data: bytes, *, allow_any_view: bool) -> DecodedIm
         "view_position": str(ds.get("ViewPosition", "") or ""),
         "body_part": str(ds.get("BodyPartExamined", "") or ""),
         "photometric": str(ds.get("PhotometricInterpretation", "") or ""),
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "bits_stored": _int_tag(path, ds, "BitsStored", default=0),
     }
     if not allow_any_view:
         _refuse_non_chest_xray(path, info)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise CxrError(f"{path}: DICOM has no pixel data", reason="no_pixel_data")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise InputRefused(f"{path}: DICOM holds {ds.NumberOfFrames} frames; a chest radiograph has one",
-                           reason="multi_frame")
+    frames = _int_tag(path, ds, "NumberOfFrames", default=1)
+    if frames > 1:
+        raise InputRefused(f"{path}: DICOM holds {frames} frames; a chest radiograph has one", reason="multi_frame")
     try:
         raw = ds.pixel_array
     except Exception as exc:
@@ -176,6 +176,14 @@ def _decode_dicom(path: Path, data: bytes, *, allow_any_view: bool) -> DecodedIm
         pixels = _min_max(_to_grey(np.asarray(raw)))
     bits = info["bits_stored"] or int(raw.dtype.itemsize * 8)
     return DecodedImage(pixels, "dicom", bits, pixels.shape[1], pixels.shape[0], info=info)
+
+
+def _int_tag(path: Path, ds, keyword: str, *, default: int) -> int:
+    try:
+        return int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        raise CxrError(f"{path}: DICOM tag {keyword} is not a number ({ds.get(keyword)!r})",
+                       reason="corrupt") from None
 
 
 def _refuse_non_chest_xray(path: Path, info: dict) -> None:

@@ -20,7 +20,7 @@ def grey_sample(path: Path = NORMAL_SAMPLE) -> np.ndarray:
 def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CR", photometric: str = "MONOCHROME2",
                 bits_stored: int = 12, view: str = "PA", body_part: str = "CHEST", slope: float = 1.0,
                 intercept: float = 0.0, window: tuple[float, float] | None = None, with_pixels: bool = True,
-                frames: int = 1) -> Path:
+                frames: int = 1, force_frames_tag: bool = False) -> Path:
     """A real DICOM file written with pydicom, explicit VR little endian, unsigned 16-bit pixels."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -45,7 +45,7 @@ def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CR", photome
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
-    if frames > 1:
+    if frames > 1 or force_frames_tag:
         ds.NumberOfFrames = frames
     if with_pixels:
         ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()

@@ -181,3 +181,14 @@ def test_letterbox_keeps_aspect():
     out = preprocess(wide, PreprocessSpec(height=64, width=64, resize="letterbox"))
     assert out.shape == (64, 64, 1)
     assert out[0, 32, 0] == 0.0 and out[32, 32, 0] == 1.0  # black bars top and bottom
+
+
+def test_dicom_with_malformed_number_tag_is_corrupt_not_a_crash(tmp_path):
+    path = write_dicom(tmp_path / "bad.dcm", to_bits(grey_sample(), 12), frames=1, force_frames_tag=True)
+    element = b"\x28\x00\x08\x00IS\x02\x00"  # (0028,0008) NumberOfFrames, explicit VR, 2 bytes
+    data = path.read_bytes()
+    assert data.count(element + b"1 ") == 1
+    path.write_bytes(data.replace(element + b"1 ", element + b"xx"))  # what a broken exporter writes
+    with pytest.raises(CxrError) as info:
+        load_image(path)
+    assert info.value.reason == "corrupt" and "NumberOfFrames" in str(info.value)
