@@ -81,7 +81,9 @@ def _small_cnn(filters=(32, 64, 128), dropout: float = 0.0, l2: float = 0.0, bat
             x = keras.layers.Conv2D(n, 3, padding="same", use_bias=not batch_norm, kernel_regularizer=reg,
                                     activation=None if batch_norm else "relu", name=f"conv{i + 1}")(x)
             if batch_norm:
-                x = keras.layers.BatchNormalization(name=f"bn{i + 1}")(x)
+                # momentum 0.9, not Keras' 0.99: with ~100-200 steps an epoch the 0.99 moving statistics lag
+                # the weights so far that inference-mode outputs collapse to one class (measured here).
+                x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
                 x = keras.layers.Activation("relu", name=f"relu{i + 1}")(x)
             if i < len(filters) - 1:
                 x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
