@@ -37,6 +37,11 @@ ThresholdOption = typer.Option(None, "--threshold", min=0.0, max=1.0,
                                help="Refer when abnormality >= this. Default: this site's calibration for "
                                     "this model, else the threshold stored in the model.")
 
+DelegateOption = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a Coral Edge TPU.")
+ThreadsOption = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all).")
+AnyViewOption = typer.Option(False, "--any-view",
+                             help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view).")
+
 
 def load_model(model: Optional[Path], delegate: str = "cpu", threads: Optional[int] = None) -> TFLiteModel:
     return TFLiteModel(model or default_model_path(), delegate=delegate, threads=threads)
@@ -65,10 +70,9 @@ def screen(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line per image on stdout."),
     log: Optional[Path] = LogOption,
     no_log: bool = typer.Option(False, "--no-log", help="Do not append results to the review log."),
-    delegate: str = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a Coral Edge TPU."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all)."),
-    any_view: bool = typer.Option(False, "--any-view",
-                                  help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view)."),
+    delegate: str = DelegateOption,
+    threads: Optional[int] = ThreadsOption,
+    any_view: bool = AnyViewOption,
 ) -> None:
     """Screen images: refer (needs a doctor's review) or normal, with class probabilities."""
     tflite = load_model(model, delegate, threads)
@@ -195,10 +199,9 @@ def watch(
     queue_size: int = typer.Option(32, "--queue-size", min=1, help="Files waiting to be screened at most; "
                                    "further files wait on disk."),
     once: bool = typer.Option(False, "--once", help="Process the files already there, then exit."),
-    delegate: str = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a Coral Edge TPU."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all)."),
-    any_view: bool = typer.Option(False, "--any-view",
-                                  help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view)."),
+    delegate: str = DelegateOption,
+    threads: Optional[int] = ThreadsOption,
+    any_view: bool = AnyViewOption,
 ) -> None:
     """Screen every new exam written into FOLDER, exactly once, into the review log (stop: Ctrl-C or SIGTERM)."""
     from .watch import WatchOptions, absolute, run_watch
