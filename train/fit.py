@@ -71,6 +71,7 @@ class FitConfig:
     dropout: float = 0.2
     augment: bool = True
     flip: bool = False
+    noise: float = 0.0  # Gaussian noise sigma in augmentation (0 = off)
     seed: int = 0
     deterministic: bool = True
     mixed_precision: str = "auto"  # auto (on when a GPU is present) | on | off
@@ -291,7 +292,7 @@ def run(config: FitConfig) -> FitResult:
     paths = {s: [str(samples[i].path) for i in idx] for s, idx in by_split.items()}
     labels = {s: np.array([label_of[samples[i].label] for i in idx], np.int32) for s, idx in by_split.items()}
     cache_dir = config.out / "cache"
-    augment = Augment(flip=config.flip) if config.augment else None
+    augment = Augment(flip=config.flip, noise=config.noise) if config.augment else None
     train_ds, steps = train_dataset(paths["train"], labels["train"], spec, batch_size=config.batch_size,
                                     seed=config.seed, augment=augment, balanced=config.balance == "sampling",
                                     n_classes=len(classes), cache_dir=cache_dir)
