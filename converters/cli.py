@@ -90,6 +90,8 @@ def parity(
                                               "accuracy, sensitivity, specificity and AUC deltas."),
     max_prob_diff: Optional[float] = typer.Option(None, "--max-prob-diff", help="Override the largest allowed "
                                                   "probability difference (float modes)."),
+    check_screening: bool = typer.Option(False, "--check-screening", help="Also fail on sensitivity/specificity "
+                                         "deltas at the model's threshold (always reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     as_json: bool = JsonOption,
 ) -> None:
@@ -98,7 +100,7 @@ def parity(
     from .parity import run_parity, tolerance_for
 
     quantization = read_model_file(tflite)[1].quantization
-    tolerance = tolerance_for(quantization, min_agreement, max_delta, max_prob_diff)
+    tolerance = tolerance_for(quantization, min_agreement, max_delta, max_prob_diff, check_screening)
     report = run_parity(keras_model, tflite, list(data), aliases=list(alias or []), split=split, limit=limit,
                         tolerance=tolerance, threads=threads)
     _emit(report, as_json, _print_parity)
@@ -242,6 +244,10 @@ def _print_parity(report: dict) -> None:
         delta = report["deltas"][key]
         typer.echo(f"  {key:<11} keras {_fmt(report['keras_metrics'][key])}  tflite "
                    f"{_fmt(report['tflite_metrics'][key])}  delta {'n/a' if delta is None else f'{delta:+.4f}'}")
+    for flip in report["decision_flips"][:5]:
+        typer.echo(f"  decision flip{' (borderline)' if flip['borderline'] else ''}: {flip['file']} abnormality "
+                   f"keras {flip['keras_abnormality']:.6f} tflite {flip['tflite_abnormality']:.6f} "
+                   f"(threshold {report['keras_metrics']['threshold']:.6f})")
     verdict = "PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"])
     typer.echo(f"  {verdict} (tolerance {report['tolerance']}); {report['notice']}")
 

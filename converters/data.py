@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import random
 import sys
 from collections import Counter, defaultdict
@@ -36,8 +38,14 @@ class ImageSet:
                 "skipped": len(self.skipped)}
 
 
-def find_samples(roots: list[Path], classes: list[str], aliases: list[str] | None = None) -> list:
-    """Every labelled image under `roots` whose class the model knows; CxrError (exit 6) when none."""
+def find_samples(roots: list[Path], classes: list[str], aliases: list[str] | None = None,
+                 splits_csv: Path | None = None) -> list:
+    """Every labelled image under `roots` whose class the model knows; CxrError (exit 6) when none.
+
+    splits_csv: the RUN/splits.csv cxr-train wrote; when given (and it lists these images), each
+    image gets the split training used, so calibration stays on training images and parity can
+    run on the validation images the model never trained on.
+    """
     from edge import datasets
 
     overrides = datasets.parse_alias_overrides(aliases or [])
@@ -47,7 +55,27 @@ def find_samples(roots: list[Path], classes: list[str], aliases: list[str] | Non
         shown = ", ".join(str(r) for r in roots)
         raise CxrError(f"{shown}: no labelled images for the model's classes {classes}",
                        code=ExitCode.DATA, reason="no_labelled_images")
+    if splits_csv is not None and Path(splits_csv).is_file():
+        known = apply_run_splits(known, Path(splits_csv))
     return known
+
+
+def apply_run_splits(samples: list, splits_csv: Path) -> list:
+    """Samples with the split cxr-train gave them; images it did not use (duplicates) become 'unused'."""
+    assigned = {}
+    with open(splits_csv, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("path") and row.get("split"):
+                assigned[str(Path(row["path"]).resolve())] = row["split"]
+    if not any(str(Path(s.path).resolve()) in assigned for s in samples):
+        return samples  # other data than the model was trained on: keep the folders' own splits
+    return [dataclasses.replace(s, split=assigned.get(str(Path(s.path).resolve()), "unused")) for s in samples]
+
+
+def run_splits_file(model_path: Path) -> Path | None:
+    """RUN/splits.csv beside a model cxr-train wrote, if there is one."""
+    candidate = Path(model_path).parent / "splits.csv"
+    return candidate if candidate.is_file() else None
 
 
 def training_part(samples: list) -> list:

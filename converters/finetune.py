@@ -9,11 +9,11 @@ from edge.metadata import ModelMetadata
 from .data import ImageSet, find_samples, load_images, training_part
 
 
-def split_images(data, meta: ModelMetadata, aliases) -> tuple[ImageSet, ImageSet | None]:
-    """(training images, validation images or None when the folders declare no val/test split)."""
-    samples = find_samples(data, meta.classes, aliases)
+def split_images(data, meta: ModelMetadata, aliases, splits_csv=None) -> tuple[ImageSet, ImageSet | None]:
+    """(training images, validation images or None when neither the folders nor RUN/splits.csv split them)."""
+    samples = find_samples(data, meta.classes, aliases, splits_csv)
     train = load_images(training_part(samples), meta.preprocessing, meta.classes)
-    held_out = [s for s in samples if s.split in ("val", "test")]
+    held_out = [s for s in samples if s.split == "val"] or [s for s in samples if s.split == "test"]
     val = load_images(held_out, meta.preprocessing, meta.classes) if held_out else None
     return train, val
 

@@ -9,6 +9,8 @@ int8 represents poorly). `correlation` near 1 means the layer still carries the 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .convert import make_converter, representative
@@ -35,9 +37,11 @@ def layer_errors(model, calibration: np.ndarray, debug_images: np.ndarray, top: 
     converter = make_converter(model, "int8", calibration)
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"rmse_over_scale": _rmse_over_scale, "correlation": _correlation})
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative(debug_images), debug_options=options)
-    debugger.run()
+    with warnings.catch_warnings():  # the debugger still uses tf.lite.Interpreter, deprecated for LiteRT
+        warnings.simplefilter("ignore", UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative(debug_images), debug_options=options)
+        debugger.run()
     rows = []
     for tensor, stats in debugger.layer_statistics.items():
         rows.append({

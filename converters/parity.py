@@ -21,17 +21,25 @@ from edge.metrics import classification_report, screening_metrics
 from edge.review_log import NOTICE
 from edge.runtime import TFLiteModel
 
-from .data import ImageSet, find_samples, load_images, stratified_sample
+from .data import ImageSet, find_samples, load_images, run_splits_file, stratified_sample
 from .sources import check_model_matches, load_keras_model
 
 COMPARED = ("accuracy", "sensitivity", "specificity", "auc")
+CHECKED = ("accuracy", "auc")
+SCREENING = ("sensitivity", "specificity")
+BORDERLINE = 0.01  # abnormality this close to the threshold: a decision that any rounding can flip
 
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
+    """What parity fails on. Sensitivity and specificity deltas are always reported; they fail the
+    check only with check_screening, because the threshold cxr-train picks is a validation image's own
+    score, so that image's decision flips on a 1e-7 difference and one flip is 1/n_abnormal."""
+
     min_agreement: float  # top-1 class agreement
-    max_delta: float  # |tflite - keras| for accuracy, sensitivity, specificity and AUC
+    max_delta: float  # |tflite - keras| for accuracy and AUC (and sensitivity/specificity if checked)
     max_prob_diff: float | None = None  # largest probability difference on any image (float modes only)
+    check_screening: bool = False
 
 
 TOLERANCES = {
@@ -43,11 +51,11 @@ TOLERANCES = {
 
 
 def tolerance_for(quantization: str, min_agreement: float | None = None, max_delta: float | None = None,
-                  max_prob_diff: float | None = None) -> Tolerance:
+                  max_prob_diff: float | None = None, check_screening: bool = False) -> Tolerance:
     base = TOLERANCES.get(quantization.split("-")[0], TOLERANCES["int8"])
     return Tolerance(base.min_agreement if min_agreement is None else min_agreement,
                      base.max_delta if max_delta is None else max_delta,
-                     base.max_prob_diff if max_prob_diff is None else max_prob_diff)
+                     base.max_prob_diff if max_prob_diff is None else max_prob_diff, check_screening)
 
 
 def run_parity(keras_path: Path, tflite_path: Path, data: list[Path], *, aliases: list[str] | None = None,
@@ -57,7 +65,7 @@ def run_parity(keras_path: Path, tflite_path: Path, data: list[Path], *, aliases
     meta = tflite.metadata
     keras_model = load_keras_model(keras_path)
     check_model_matches(keras_model, meta, Path(keras_path))
-    images = parity_images(data, meta, aliases, split, limit, seed)
+    images = parity_images(data, meta, aliases, split, limit, seed, run_splits_file(Path(keras_path)))
     keras_out = keras_model.predict(images.images, batch_size=32, verbose=0)
     keras_probs = np.asarray(keras_out[0] if isinstance(keras_out, list) else keras_out, dtype=np.float64)
     tflite_probs = np.stack([tflite.predict(x).probabilities for x in images.images]).astype(np.float64)
@@ -70,6 +78,7 @@ def run_parity(keras_path: Path, tflite_path: Path, data: list[Path], *, aliases
                    "source_model_sha256": meta.source_model_sha256},
         "source_match": meta.source_model_sha256 == keras_sha,
         "data": [str(d) for d in data],
+        "split": split or "all",
         "notice": NOTICE,
     })
     if not report["source_match"]:
@@ -78,8 +87,8 @@ def run_parity(keras_path: Path, tflite_path: Path, data: list[Path], *, aliases
     return report
 
 
-def parity_images(data, meta, aliases, split, limit, seed) -> ImageSet:
-    samples = find_samples(data, meta.classes, aliases)
+def parity_images(data, meta, aliases, split, limit, seed, splits_csv=None) -> ImageSet:
+    samples = find_samples(data, meta.classes, aliases, splits_csv)
     if split:
         samples = [s for s in samples if s.split == split]
         if not samples:
@@ -107,13 +116,16 @@ def compare(images: ImageSet, keras_probs: np.ndarray, tflite_probs: np.ndarray,
     lite = model_metrics(images.labels, tflite_probs, meta)
     diff = np.abs(keras_probs - tflite_probs)
     agreement = float(np.mean(keras_probs.argmax(1) == tflite_probs.argmax(1)))
-    keras_refer = abnormality(keras_probs, meta) >= meta.threshold
-    lite_refer = abnormality(tflite_probs, meta) >= meta.threshold
+    keras_abn, lite_abn = abnormality(keras_probs, meta), abnormality(tflite_probs, meta)
+    keras_refer, lite_refer = keras_abn >= meta.threshold, lite_abn >= meta.threshold
+    flipped = np.flatnonzero(keras_refer != lite_refer)
     deltas = {k: _delta(lite[k], keras[k]) for k in COMPARED}
+    checked = CHECKED + (SCREENING if tolerance.check_screening else ())
     failures = []
     if agreement < tolerance.min_agreement:
         failures.append(f"top-1 agreement {agreement:.4f} < {tolerance.min_agreement}")
-    for name, delta in deltas.items():
+    for name in checked:
+        delta = deltas[name]
         if delta is not None and abs(delta) > tolerance.max_delta + 1e-12:
             failures.append(f"{name} delta {delta:+.4f} exceeds ±{tolerance.max_delta}")
     if tolerance.max_prob_diff is not None and float(diff.max()) > tolerance.max_prob_diff:
@@ -122,6 +134,10 @@ def compare(images: ImageSet, keras_probs: np.ndarray, tflite_probs: np.ndarray,
         "images": len(images), "per_class": images.summary()["per_class"], "skipped": images.skipped,
         "agreement": round(agreement, 6),
         "decision_agreement": round(float(np.mean(keras_refer == lite_refer)), 6),
+        "decision_flips": [{"file": images.paths[i], "keras_abnormality": round(float(keras_abn[i]), 6),
+                            "tflite_abnormality": round(float(lite_abn[i]), 6),
+                            "borderline": bool(abs(keras_abn[i] - meta.threshold) < BORDERLINE)} for i in flipped],
+        "checked": list(checked),
         "max_abs_prob_diff": round(float(diff.max()), 6), "mean_abs_prob_diff": round(float(diff.mean()), 6),
         "keras_metrics": keras, "tflite_metrics": lite, "deltas": deltas,
         "tolerance": dataclasses.asdict(tolerance), "failures": failures, "passed": not failures,

@@ -1,7 +1,8 @@
 """`converters prune`: magnitude pruning (tensorflow-model-optimization), polynomial-decay schedule.
 
-Prunes Conv2D, SeparableConv2D and Dense kernels, except the final classifier (a few hundred
-weights that decide everything). The pruning wrappers are stripped before saving, so the output
+Prunes Conv2D, SeparableConv2D and Dense kernels, except the first convolution (it sees the raw
+image and holds a few hundred weights) and the final classifier (a few hundred weights that decide
+everything): pruning those saves almost nothing and costs the most accuracy. The pruning wrappers are stripped before saving, so the output
 is a plain Keras model that `converters quantize` takes like any other. What pruning buys on the
 edge: zeros compress (gzip bytes shrink), but the int8 kernels do not skip them, so latency of
 an int8 model stays the same; see docs/converters.md for measured numbers.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from edge.errors import CxrError, ExitCode
 from edge.review_log import NOTICE
 
+from .data import run_splits_file
 from .finetune import evaluate, fit, split_images
 from .sources import load_source
 
@@ -54,12 +57,12 @@ def add_pruning(model, sparsity: float, end_step: int, frequency: int):
 
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity,
                                                     begin_step=0, end_step=end_step, frequency=frequency)
-    classifier = _last_dense(model)
+    kept = {id(_last_dense(model)), id(_first_conv(model))}
 
     def wrap(layer):
         if isinstance(layer, keras.Model):
             return keras.models.clone_model(layer, clone_function=wrap)
-        if type(layer).__name__ in PRUNABLE and layer is not classifier:
+        if type(layer).__name__ in PRUNABLE and id(layer) not in kept:
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
 
@@ -73,6 +76,10 @@ def add_pruning(model, sparsity: float, end_step: int, frequency: int):
 def _last_dense(model):
     dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"]
     return dense[-1] if dense else None
+
+
+def _first_conv(model):
+    return next((layer for layer in _all_layers(model) if type(layer).__name__ in ("Conv2D", "SeparableConv2D")), None)
 
 
 def layer_sparsity(model) -> list[dict]:
@@ -104,7 +111,7 @@ def prune_model(model_path: Path, out: Path, options: PruneOptions) -> dict:
                        reason="bad_option")
     source = load_source(model_path, options.meta)
     meta = source.metadata
-    train, val = split_images(options.data, meta, options.aliases)
+    train, val = split_images(options.data, meta, options.aliases, run_splits_file(source.path))
     end_step, frequency = schedule_steps(len(train), options.batch_size, options.epochs)
     before = evaluate(source.model, val, meta)
     wrapped = add_pruning(source.model, options.sparsity, end_step, frequency)
@@ -128,6 +135,9 @@ def prune_model(model_path: Path, out: Path, options: PruneOptions) -> dict:
     pruned.save(out)
     meta_file = out.with_suffix(".meta.json")
     meta_file.write_text(meta_out.to_json() + "\n", encoding="utf-8")
+    splits = run_splits_file(model_path)
+    if splits is not None and not (out.parent / "splits.csv").exists():
+        shutil.copyfile(splits, out.parent / "splits.csv")  # same training split for calibrating PRUNED
     return {"file": str(out), "metadata_file": str(meta_file), "source": {"file": str(model_path),
             "sha256": source.sha256}, "target_sparsity": options.sparsity, "overall_sparsity": round(overall, 4),
             "epochs": options.epochs, "loss": losses, "layers": layers, "validation_before": before,

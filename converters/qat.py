@@ -16,6 +16,7 @@ from edge.errors import CxrError, ExitCode
 
 from .convert import convert, output_indices
 from .edgetpu import check_edgetpu
+from .data import run_splits_file
 from .finetune import evaluate, fit, split_images
 from .quantize import QuantizeOptions, build_report, output_metadata, write_model
 from .sources import load_source
@@ -56,7 +57,7 @@ def quantize_aware(model, preserve_sparsity: bool):
 def qat_model(model_path: Path, out: Path, options: QatOptions) -> dict:
     source = load_source(model_path, options.meta)
     meta = source.metadata
-    train, val = split_images(options.data, meta, options.aliases)
+    train, val = split_images(options.data, meta, options.aliases, run_splits_file(source.path))
     q_model = quantize_aware(source.model, options.preserve_sparsity)
     losses = fit(q_model, train, epochs=options.epochs, batch_size=options.batch_size,
                  learning_rate=options.learning_rate)

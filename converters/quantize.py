@@ -16,9 +16,9 @@ from edge.review_log import NOTICE
 
 from .cam import with_cam_output
 from .convert import MODES, convert, output_indices
-from .data import ImageSet, find_samples, load_images, stratified_sample, training_part
+from .data import ImageSet, find_samples, load_images, run_splits_file, stratified_sample, training_part
 from .edgetpu import check_edgetpu
-from .sources import SourceModel, load_source
+from .sources import SourceModel, load_source, load_source_metadata
 from .tflite_metadata import embed_metadata
 from .tflite_model import read_graph
 
@@ -45,11 +45,13 @@ class QuantizeOptions:
 
 def quantize(model_path: Path, out: Path, options: QuantizeOptions) -> dict:
     check_options(options)
-    source = load_source(model_path, options.meta)
-    calibration = calibration_images(source, options) if options.data else None
-    if options.mode == "int8" and calibration is None:
+    # Metadata and data first: their mistakes are reported before TensorFlow has even loaded.
+    samples = calibration_samples(Path(model_path), options) if options.data else None
+    if options.mode == "int8" and samples is None:
         raise CxrError("int8 needs calibration images: give --data with the training data", code=ExitCode.USAGE,
                        reason="bad_option")
+    source = load_source(model_path, options.meta)
+    calibration = load_images(samples, source.metadata.preprocessing, source.metadata.classes) if samples else None
     keras_model = with_cam_output(source.model) if options.cam else source.model
     tflite = convert(keras_model, options.mode, calibration.images if calibration is not None else None)
     outputs = output_indices(tflite, options.cam)
@@ -72,15 +74,15 @@ def check_options(options: QuantizeOptions) -> None:
         raise CxrError("--calibration-size must be at least 1", code=ExitCode.USAGE, reason="bad_option")
 
 
-def calibration_images(source: SourceModel, options: QuantizeOptions) -> ImageSet:
-    """A class-stratified sample of the training split, read through the model's own preprocessing."""
-    meta = source.metadata
-    samples = training_part(find_samples(options.data, meta.classes, options.aliases))
+def calibration_samples(model_path: Path, options: QuantizeOptions) -> list:
+    """A class-stratified sample of the training split (RUN/splits.csv when cxr-train wrote one)."""
+    meta = load_source_metadata(model_path, options.meta)
+    samples = training_part(find_samples(options.data, meta.classes, options.aliases, run_splits_file(model_path)))
     chosen = stratified_sample(samples, options.calibration_size, options.seed)
     if len(chosen) < options.calibration_size:
         sys.stderr.write(f"converters: only {len(chosen)} images available for calibration "
                          f"(asked for {options.calibration_size})\n")
-    return load_images(chosen, meta.preprocessing, meta.classes)
+    return chosen
 
 
 def output_metadata(source: SourceModel, options: QuantizeOptions, outputs: dict,
