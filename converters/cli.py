@@ -257,6 +257,8 @@ def _print_prune(report: dict) -> None:
                f"reached {report['overall_sparsity']:.1%} of prunable weights after {report['epochs']} epoch(s)")
     for row in report["layers"]:
         typer.echo(f"  {row['layer']:<32} {row['sparsity']:.1%} of {row['weights']:,}")
+    for warning in report.get("warnings", []):
+        typer.echo(f"  WARNING: {warning}")
     typer.echo("  next: converters quantize PRUNED --mode int8 (size gain shows in gzip bytes; XNNPACK's sparse "
                "kernels only speed up float models)")
 

@@ -73,6 +73,18 @@ def add_pruning(model, sparsity: float, end_step: int, frequency: int):
                        reason="unprunable") from None
 
 
+def sensitivity_warnings(before: dict | None, after: dict | None, tolerance: float = 0.02) -> list[str]:
+    """Pruning moves the scores; the threshold stays the source's, so say when sensitivity fell."""
+    if not before or not after or before["sensitivity"] is None or after["sensitivity"] is None:
+        return []
+    drop = before["sensitivity"] - after["sensitivity"]
+    if drop <= tolerance:
+        return []
+    return [f"validation sensitivity fell from {before['sensitivity']:.3f} to {after['sensitivity']:.3f} at the "
+            f"unchanged threshold {after['threshold']:.4f}: re-choose the threshold on validation data (or fine-tune "
+            "longer) before shipping this model"]
+
+
 def _last_dense(model):
     dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"]
     return dense[-1] if dense else None
@@ -138,7 +150,7 @@ def prune_model(model_path: Path, out: Path, options: PruneOptions) -> dict:
     splits = run_splits_file(model_path)
     if splits is not None and not (out.parent / "splits.csv").exists():
         shutil.copyfile(splits, out.parent / "splits.csv")  # same training split for calibrating PRUNED
-    return {"file": str(out), "metadata_file": str(meta_file), "source": {"file": str(model_path),
+    return {"file": str(out), "metadata_file": str(meta_file), "warnings": sensitivity_warnings(before, after), "source": {"file": str(model_path),
             "sha256": source.sha256}, "target_sparsity": options.sparsity, "overall_sparsity": round(overall, 4),
             "epochs": options.epochs, "loss": losses, "layers": layers, "validation_before": before,
             "validation_after": after, "notice": NOTICE}
