@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import pytest
 
 from edge.datasets import discover, discover_many
 from train.audit import perceptual_hash, run_audit
