@@ -36,8 +36,8 @@ class Augment:
     brightness: float = 0.10  # added in [-b, b]
     contrast: float = 0.20  # factor in [1 - c, 1 + c]
     # Gaussian noise at the model's input resolution is off by default: measured on ../shared/data
-    # (cnn-4block, 96 px), sigma 0.02 made the first BatchNorm's training variance 9x the clean
-    # validation images' and the model predicted one class for every validation image.
+    # (cnn-4block, 96 px), with sigma 0.02 the first BatchNorm's moving variance was 9x that of clean
+    # validation images and the model predicted one class for every validation image (docs/training.md).
     noise: float = 0.0
     flip: bool = False  # a mirrored chest puts the heart on the wrong side; off unless asked for
 
