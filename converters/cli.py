@@ -195,6 +195,33 @@ def qat(
 
 # ---- human-readable output ---------------------------------------------------------------------
 
+@app.command()
+def threshold(
+    tflite: Path = typer.Argument(..., help="A cxr-edge .tflite file (the one you will ship)."),
+    data: List[Path] = DataOption,
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the file with the new threshold inside."),
+    splits: Optional[Path] = typer.Option(None, "--splits", help="The cxr-train run's splits.csv, so images get "
+                                          "the split training gave them."),
+    split: str = typer.Option("val", "--split", help="Choose on this split (never the test split)."),
+    sensitivity: float = typer.Option(0.95, "--sensitivity", min=0.5, max=1.0, help="Target sensitivity."),
+    alias: Optional[List[str]] = AliasOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Choose the decision threshold for a target sensitivity with this exact .tflite on validation images,
+    and write it into the file's metadata (pruning and int8 shift scores, so the Keras threshold drifts)."""
+    from .threshold import choose_threshold
+
+    if split == "test":
+        raise CxrError("--split test: a threshold chosen on the test split makes its test metrics meaningless; "
+                       "use the validation split", code=ExitCode.USAGE, reason="bad_option")
+    report = choose_threshold(tflite, list(data), split=split, sensitivity=sensitivity, out=out,
+                              aliases=list(alias or []), splits_csv=splits)
+    _emit(report, as_json, lambda r: typer.echo(
+        f"threshold {r['threshold']:.4f}: sensitivity {r['screening']['sensitivity']:.3f}, specificity "
+        f"{r['screening']['specificity']:.3f} on {r['screening']['n']} {split} images; wrote {r['file']} "
+        f"(sha256 {r['model']['sha256'][:12]})"))
+
+
 def _print_size(row: dict) -> None:
     lat = row["latency"]
     sparsity = "n/a" if row["sparsity"] is None else f"{row['sparsity']:.1%}"

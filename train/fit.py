@@ -316,14 +316,16 @@ def run(config: FitConfig) -> FitResult:
             state = {}
             model = build_model(config.preset, input_size=config.input_size, classes=len(classes),
                                 weights=config.weights, dropout=config.dropout, seed=config.seed)
-            set_backbone_trainable(model, 0.0)
+            if _pretrained(config):  # a random backbone (--weights none) is trained whole, BatchNorm included
+                set_backbone_trainable(model, 0.0)
             _compile(model, config, config.learning_rate, steps, config.epochs)
     fit_kwargs = dict(steps_per_epoch=steps, validation_data=val_ds, class_weight=weights, verbose=config.verbose)
     done_epochs = int(state.get("epoch", 0))
     phase = int(state.get("phase", 1))
     if phase == 1 and done_epochs < config.epochs:
         _say(config, f"training {config.preset} ({model.count_params():,} parameters) for up to {config.epochs} "
-                     f"epochs of {steps} steps" + (" with the backbone frozen" if backbone_of(model) else ""))
+                     f"epochs of {steps} steps" + (" with the backbone frozen" if backbone_of(model) and _pretrained(config)
+                                                   else ""))
         model.fit(train_ds, epochs=config.epochs, initial_epoch=done_epochs,
                   callbacks=_callbacks(config, ckpt, 1, state.get("best")), **fit_kwargs)
     fine_tuned = 0
@@ -353,6 +355,10 @@ def run(config: FitConfig) -> FitResult:
 
     return _finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked,
                    env, steps, weights, augment, fine_tuned, train_seconds, start)
+
+
+def _pretrained(config: FitConfig) -> bool:
+    return bool(config.weights) and str(config.weights).lower() != "none"
 
 
 def _check_splits(by_split, samples, classes) -> None:

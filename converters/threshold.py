@@ -1,0 +1,41 @@
+"""Choose a .tflite file's decision threshold on validation images with that file itself, and store it.
+
+Pruning and int8 conversion shift the score distribution, so the threshold training chose for the
+Keras model does not carry over: a threshold must be chosen with the exact file that ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.errors import CxrError, ExitCode
+from edge.evaluation import score_samples
+from edge.metadata import read_model_file
+from edge.metrics import screening_metrics, threshold_for_sensitivity
+from edge.review_log import NOTICE
+from edge.runtime import TFLiteModel
+
+from .data import find_samples
+from .tflite_metadata import embed_metadata
+
+
+def choose_threshold(tflite: Path, data: list[Path], *, split: str, sensitivity: float, out: Path,
+                     aliases: list[str] | None = None, splits_csv: Path | None = None) -> dict:
+    model = TFLiteModel(tflite)
+    samples = [s for s in find_samples(data, model.metadata.classes, aliases, splits_csv) if s.split == split]
+    if not samples:
+        raise CxrError(f"no image of split {split!r} in {', '.join(map(str, data))} (pass the run's splits.csv "
+                       "with --splits)", code=ExitCode.DATA, reason="empty_split")
+    scored = score_samples(model, samples)
+    y, score = scored.is_abnormal, scored.abnormality(model)
+    threshold = threshold_for_sensitivity(y, score, sensitivity)
+    metrics = screening_metrics(y, score, threshold)
+    data_bytes, metadata = read_model_file(tflite)
+    metadata.threshold = threshold
+    metadata.threshold_rule = (f"highest threshold on abnormality = 1 - P(normal) whose sensitivity on the {split} "
+                               f"split ({metrics['n_abnormal']} abnormal, {metrics['n_normal']} normal images) is >= "
+                               f"{sensitivity:g}, chosen with this .tflite file itself")
+    metadata.metrics = {**metadata.metrics, f"{split}_tflite_screening": metrics}
+    out.write_bytes(embed_metadata(data_bytes, metadata))
+    return {"file": str(out), "source": str(tflite), "threshold": threshold, "rule": metadata.threshold_rule,
+            "screening": metrics, "failed": scored.failed, "model": TFLiteModel(out).identity, "notice": NOTICE}
