@@ -1,0 +1,51 @@
+"""The bundled default model: what the README's first line screens with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from edge.metadata import read_model_file
+from edge.paths import default_model_path
+from edge.runtime import TFLiteModel
+from images import COVID_SAMPLE, NORMAL_SAMPLE, PNEUMONIA_SAMPLE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bundled_model_is_a_real_int8_model_with_metadata():
+    path = default_model_path()
+    assert path.is_file() and path.stat().st_size < 5 * 1024 * 1024
+    _, meta = read_model_file(path)
+    assert (meta.name, meta.quantization) == ("cxr-default", "int8")
+    assert meta.classes == ["normal", "pneumonia", "covid-19"]
+    assert "val split" in meta.threshold_rule and 0.0 < meta.threshold < 1.0
+    assert meta.training_data.get("known_limitations"), "the age confound must travel inside the file"
+    assert "cam" in meta.outputs
+    model = TFLiteModel(path)
+    assert model.input["dtype"].__name__ == "int8"
+
+
+def test_readme_first_line_screens_the_samples_sensibly():
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "screen", "--json", "--no-log", str(NORMAL_SAMPLE),
+                          str(PNEUMONIA_SAMPLE), str(COVID_SAMPLE)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    rows = {Path(r["file"]).name: r for r in map(json.loads, run.stdout.splitlines())}
+    # Real images with known labels: a model that had not learned would not sort these three.
+    assert rows[NORMAL_SAMPLE.name]["decision"] == "normal"
+    assert rows[PNEUMONIA_SAMPLE.name]["decision"] == "refer"
+    assert rows[COVID_SAMPLE.name]["decision"] == "refer"
+    assert all(r["model"]["name"] == "cxr-default" for r in rows.values())
+
+
+def test_readme_quick_start_lines_are_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    line1 = "pip install . && cxr-edge screen models/samples/pneumonia-child.png"
+    line2 = 'pip install -e ".[train,test]" && python -m pytest'
+    assert line1 in readme and line2 in readme
+    assert line2 in ci.splitlines()
+    assert "cxr-edge screen models/samples/pneumonia-child.png" in ci
