@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import typer  # noqa: E402
 
-from edge.errors import CxrError, ExitCode  # noqa: E402
+from edge.errors import CxrError, ExitCode, run_cli  # noqa: E402
 
 app = typer.Typer(
     help="Convert a Keras model trained by cxr-train into TFLite files for the edge (metadata inside), "
@@ -291,14 +291,7 @@ def _print_prune(report: dict) -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except CxrError as exc:
-        sys.stderr.write(f"converters: error: {exc}\n")
-        sys.exit(int(exc.code))
-    except KeyboardInterrupt:
-        sys.stderr.write("converters: interrupted\n")
-        sys.exit(130)
+    run_cli(app, "converters")
 
 
 if __name__ == "__main__":

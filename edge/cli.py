@@ -13,7 +13,7 @@ import typer
 
 from . import __version__
 from .calibration import resolve_threshold
-from .errors import CxrError, ExitCode
+from .errors import CxrError, ExitCode, run_cli
 from .paths import default_log_path, default_model_path
 from .output import print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
@@ -287,14 +287,7 @@ def version() -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except CxrError as exc:
-        sys.stderr.write(f"cxr-edge: error: {exc}\n")
-        sys.exit(int(exc.code))
-    except KeyboardInterrupt:
-        sys.stderr.write("cxr-edge: interrupted\n")
-        sys.exit(130)
+    run_cli(app, "cxr-edge")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 
 
@@ -35,3 +36,15 @@ class InputRefused(CxrError):
 
     def __init__(self, message: str, *, reason: str):
         super().__init__(message, code=ExitCode.INPUT_NOT_SCREENED, reason=reason)
+
+
+def run_cli(app, prog: str, *, on_interrupt: str = "interrupted") -> None:
+    """Run a typer app: a CxrError becomes one line on stderr and its exit code; Ctrl-C exits 130."""
+    try:
+        app()
+    except CxrError as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.exit(int(exc.code))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: {on_interrupt}\n")
+        sys.exit(130)

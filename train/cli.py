@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from edge.datasets import CANONICAL_CLASSES, DEFAULT_ALIASES, SKIP, discover_many, parse_alias_overrides
-from edge.errors import CxrError, ExitCode
+from edge.errors import CxrError, ExitCode, run_cli
 
 from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit
 
@@ -197,14 +197,7 @@ def aliases() -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except CxrError as exc:
-        sys.stderr.write(f"cxr-train: error: {exc}\n")
-        sys.exit(int(exc.code))
-    except KeyboardInterrupt:
-        sys.stderr.write("cxr-train: interrupted (resume with --resume)\n")
-        sys.exit(130)
+    run_cli(app, "cxr-train", on_interrupt="interrupted (resume with --resume)")
 
 
 if __name__ == "__main__":
