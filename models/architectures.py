@@ -99,6 +99,12 @@ def _application(constructor: str, scaling: str, **extra):
         app = getattr(keras.applications, constructor)
         backbone = app(include_top=False, weights=weights, input_shape=tuple(rgb.shape[1:]), **extra)
         backbone._name = BACKBONE
+        if weights is None:
+            # Keras applications use BatchNorm momentum 0.999, made for long ImageNet runs: trained from
+            # scratch for a few epochs here, the moving statistics lagged and validation collapsed to one class.
+            for layer in backbone.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = 0.9
         return backbone(rgb)
     return build
 
