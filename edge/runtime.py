@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CxrError, ExitCode
-from .metadata import ModelMetadata, read_model_file
+from .metadata import read_model_file
 
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
@@ -147,7 +147,3 @@ def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
         return x.astype(np.float32)
     scale, zero_point = detail["quantization"]
     return (x.astype(np.float32) - zero_point) * scale
-
-
-def load_metadata_only(path: str | Path) -> ModelMetadata:
-    return read_model_file(path)[1]
