@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .datasets import Sample
+from .decision import abnormality_scores
 from .decode import load_image
 from .errors import CxrError, ExitCode
 from .metadata import NORMAL_CLASS
@@ -35,9 +36,7 @@ class ScoredSet:
         return np.array([label != NORMAL_CLASS for label in self.labels], dtype=bool)
 
     def abnormality(self, model: TFLiteModel) -> np.ndarray:
-        probs = np.stack(self.probabilities).astype(np.float64)
-        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
-        return 1.0 - probs[:, model.metadata.normal_index]
+        return abnormality_scores(np.stack(self.probabilities), model.metadata.normal_index)
 
 
 def score_samples(model: TFLiteModel, samples: list[Sample], on_step=None) -> ScoredSet:
