@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge.errors import CxrError, ExitCode
 from edge.metadata import ModelMetadata, file_sha256
-from edge.tflite_file import read_metadata_entries, NotTFLite
+from edge.metadata import read_tflite as edge_read_tflite
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -93,19 +93,7 @@ def check_model_matches(model, metadata: ModelMetadata, path: Path) -> None:
 
 def read_tflite(path: str | Path) -> bytes:
     """Bytes of a .tflite file, with one-line errors (it need not carry cxr-edge metadata)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CxrError(f"{path}: file not found", code=ExitCode.MODEL, reason="model_not_found") from None
-    except OSError as exc:
-        raise CxrError(f"{path}: cannot be read ({exc.strerror or exc})", code=ExitCode.MODEL,
-                       reason="model_unreadable") from None
-    try:
-        read_metadata_entries(data)
-    except NotTFLite as exc:
-        raise CxrError(f"{path}: not a TFLite model ({exc})", code=ExitCode.MODEL, reason="not_tflite") from None
-    return data
+    return edge_read_tflite(path)[0]
 
 
 def _keras():

@@ -83,20 +83,26 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_model_file(path: str | Path) -> tuple[bytes, ModelMetadata]:
-    """Bytes and metadata of a cxr-edge .tflite file; CxrError (exit 3) on any problem."""
+def read_tflite(path: str | Path) -> tuple[bytes, dict[str, bytes]]:
+    """Bytes and named metadata entries of a .tflite file; CxrError (exit 3) when unreadable or not TFLite."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CxrError(f"{path}: model file not found", code=ExitCode.MODEL, reason="model_not_found") from None
     except OSError as exc:
-        raise CxrError(f"{path}: model file cannot be read ({exc.strerror})", code=ExitCode.MODEL,
+        raise CxrError(f"{path}: model file cannot be read ({exc.strerror or exc})", code=ExitCode.MODEL,
                        reason="model_unreadable") from None
     try:
-        entries = read_metadata_entries(data)
+        return data, read_metadata_entries(data)
     except NotTFLite as exc:
         raise CxrError(f"{path}: not a TFLite model ({exc})", code=ExitCode.MODEL, reason="not_tflite") from None
+
+
+def read_model_file(path: str | Path) -> tuple[bytes, ModelMetadata]:
+    """Bytes and metadata of a cxr-edge .tflite file; CxrError (exit 3) on any problem."""
+    path = Path(path)
+    data, entries = read_tflite(path)
     if METADATA_NAME not in entries:
         raise CxrError(f"{path}: TFLite model has no cxr-edge metadata; convert it with `converters quantize`",
                        code=ExitCode.MODEL, reason="no_metadata")
