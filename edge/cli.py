@@ -109,8 +109,11 @@ def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List
     from .datasets import discover_many, parse_alias_overrides
     from .evaluation import score_samples
 
+    notes: list[str] = []
     samples = discover_many(data, aliases=parse_alias_overrides(aliases or []),
-                            classes=tuple(tflite.metadata.classes))
+                            classes=tuple(tflite.metadata.classes), notes=notes)
+    for note in notes:
+        typer.echo(f"cxr-edge: {note}", err=True)
     if split is not None:
         samples = [s for s in samples if s.split == split]
         if not samples:

@@ -32,7 +32,7 @@ from typing import Iterable
 
 from .errors import CxrError, ExitCode
 
-CANONICAL_CLASSES = ("normal", "pneumonia", "covid-19")
+CANONICAL_CLASSES = ("normal", "pneumonia", "covid-19", "tuberculosis")
 SKIP = "skip"
 
 DEFAULT_ALIASES: dict[str, str] = {
@@ -54,6 +54,11 @@ DEFAULT_ALIASES: dict[str, str] = {
     "covid 19": "covid-19",
     "covid-19 pneumonia": "covid-19",
     "positive": "covid-19",  # COVIDx split lists: positive = COVID-19
+    # tuberculosis (active or latent)
+    "tuberculosis": "tuberculosis",
+    "tb": "tuberculosis",
+    "tbc": "tuberculosis",
+    "active tuberculosis": "tuberculosis",
 }
 
 SPLIT_NAMES = {
@@ -66,6 +71,12 @@ PATH_COLUMNS = ("path", "file", "filename", "file name", "image", "image path", 
                 "image index", "imagefile")
 LABEL_COLUMNS = ("label", "class", "finding", "finding labels", "diagnosis", "category", "target")
 SPLIT_COLUMNS = ("split", "subset", "fold")
+# Optional per-image facts a CSV may carry (NIH: patient_id, age, sex, view); used for grouped splits and
+# per-age / per-view metrics.
+PATIENT_COLUMNS = ("patient id", "patient", "patientid", "subject id", "subject")
+AGE_COLUMNS = ("age", "patient age")
+SEX_COLUMNS = ("sex", "gender", "patient gender", "patient sex")
+VIEW_COLUMNS = ("view", "view position", "projection")
 MASK_FOLDERS = {"masks", "mask", "lung masks", "infection masks"}
 
 
@@ -75,6 +86,10 @@ class Sample:
     label: str  # one of the model's classes
     dataset: str  # e.g. "kermany-pneumonia"
     split: str | None  # "train", "val" or "test" when the dataset defines its own split, else None
+    patient: str | None = None  # the dataset's patient id (CSV column), when it has one
+    age: float | None = None  # years, when known
+    sex: str | None = None
+    view: str | None = None  # "PA", "AP", ... when known
 
 
 def normalize_name(name: str) -> str:
@@ -113,6 +128,7 @@ class _Resolver:
     def __init__(self, aliases: dict[str, str] | None, classes):
         self.classes = tuple(classes)
         self.table = _alias_table(aliases, self.classes)
+        self.notes: list[str] = []  # folders left out, in words, for the CLI to print
 
     def known(self, name: str) -> bool:
         return normalize_name(name) in self.table
@@ -173,19 +189,34 @@ def _label_csvs(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.glob("*.csv")) if _csv_columns(p) is not None]
 
 
-def _csv_columns(path: Path) -> tuple[str, str, str | None] | None:
+def _csv_columns(path: Path) -> dict[str, str | None] | None:
+    """{"path", "label", "split", "patient", "age", "sex", "view"} -> column name (None when absent);
+    None when the CSV has no path and label columns (then it is not a label file)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):
         return None
     names = {normalize_name(h): h for h in header}
-    path_col = next((names[c] for c in PATH_COLUMNS if c in names), None)
-    label_col = next((names[c] for c in LABEL_COLUMNS if c in names), None)
-    split_col = next((names[c] for c in SPLIT_COLUMNS if c in names), None)
-    if path_col is None or label_col is None:
+
+    def pick(candidates):
+        return next((names[c] for c in candidates if c in names), None)
+
+    columns = {"path": pick(PATH_COLUMNS), "label": pick(LABEL_COLUMNS), "split": pick(SPLIT_COLUMNS),
+               "patient": pick(PATIENT_COLUMNS), "age": pick(AGE_COLUMNS), "sex": pick(SEX_COLUMNS),
+               "view": pick(VIEW_COLUMNS)}
+    if columns["path"] is None or columns["label"] is None:
         return None
-    return path_col, label_col, split_col
+    return columns
+
+
+def _age(text: str) -> float | None:
+    """'58', '058Y', '6M' -> years; None when absent or not a number."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([YyMmWwDd]?)\s*", text or "")
+    if not match:
+        return None
+    value = float(match.group(1)) / {"": 1, "y": 1, "m": 12, "w": 52.18, "d": 365.25}[match.group(2).lower()]
+    return value if 0 <= value < 130 else None
 
 
 def _resolve_file(name: str, bases: list[Path]) -> Path | None:
@@ -197,14 +228,18 @@ def _resolve_file(name: str, bases: list[Path]) -> Path | None:
 
 
 def _from_csv(path: Path, dataset: str, resolve: _Resolver) -> list[Sample]:
-    path_col, label_col, split_col = _csv_columns(path)
+    columns = _csv_columns(path)
     samples = []
+
+    def cell(row, key):
+        return (row.get(columns[key]) or "").strip() if columns[key] else ""
+
     with open(path, newline="", encoding="utf-8-sig") as handle:
         for line_no, row in enumerate(csv.DictReader(handle), start=2):
-            name, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+            name, label = cell(row, "path"), cell(row, "label")
             if not name:
                 continue
-            split = _split_of(row.get(split_col) or "") if split_col else None
+            split = _split_of(cell(row, "split")) if columns["split"] else None
             cls = resolve(label, f"{path}:{line_no}")
             if cls is None:
                 continue
@@ -213,7 +248,10 @@ def _from_csv(path: Path, dataset: str, resolve: _Resolver) -> list[Sample]:
             if file is None:
                 raise CxrError(f"{path}:{line_no}: image {name!r} not found next to the CSV",
                                code=ExitCode.DATA, reason="missing_image")
-            samples.append(Sample(file, cls, dataset, split))
+            patient = cell(row, "patient")
+            samples.append(Sample(file, cls, dataset, split, patient=f"{dataset}:{patient}" if patient else None,
+                                  age=_age(cell(row, "age")), sex=cell(row, "sex").upper() or None,
+                                  view=cell(row, "view").upper() or None))
     return samples
 
 
@@ -297,29 +335,40 @@ def _discover(root: Path, resolve: _Resolver, dataset: str | None = None) -> lis
     subdirs = _subdirs(root)
     if subdirs and all(_split_of(d.name) for d in subdirs):
         return [s for d in subdirs for s in _from_class_folders(d, name, _split_of(d.name), resolve)]
-    if subdirs and not any(resolve.known(d.name) for d in subdirs) and all(_is_dataset(d, resolve) for d in subdirs):
-        return [s for d in subdirs for s in _discover(d, resolve)]  # a collection of datasets
+    if subdirs and not any(resolve.known(d.name) for d in subdirs):
+        datasets = [d for d in subdirs if _is_dataset(d, resolve)]
+        if datasets:  # a collection of datasets (like shared/data); other folders are not labelled X-rays
+            for d in subdirs:
+                if d not in datasets:
+                    resolve.notes.append(f"{d}: skipped: no class folders, label CSV or split lists inside "
+                                         "(not a labelled chest X-ray dataset)")
+            return [s for d in datasets for s in _discover(d, resolve)]
     return _from_class_folders(root, name, None, resolve)
 
 
-def discover(root, *, aliases: dict[str, str] | None = None, classes=CANONICAL_CLASSES) -> list[Sample]:
+def discover(root, *, aliases: dict[str, str] | None = None, classes=CANONICAL_CLASSES,
+             notes: list[str] | None = None) -> list[Sample]:
     """Every labelled image under `root` (folder, CSV or split list), sorted by path.
 
-    Raises CxrError(code=DATA) for unknown class names, empty folders and unlabelled data.
+    Raises CxrError(code=DATA) for unknown class names, empty folders and unlabelled data. Folders of a
+    collection that hold no labelled X-rays (like `not-cxr/`) are left out and described in `notes`.
     """
     root = Path(root)
     resolve = _Resolver(aliases, tuple(classes))
     samples = sorted(_discover(root, resolve), key=lambda s: str(s.path))
+    if notes is not None:
+        notes.extend(resolve.notes)
     if not samples:
         raise CxrError(f"{root}: no labelled images found", code=ExitCode.DATA, reason="empty_folder")
     return samples
 
 
-def discover_many(roots, *, aliases: dict[str, str] | None = None, classes=CANONICAL_CLASSES) -> list[Sample]:
+def discover_many(roots, *, aliases: dict[str, str] | None = None, classes=CANONICAL_CLASSES,
+                  notes: list[str] | None = None) -> list[Sample]:
     """Samples of several datasets in one list; a file reached through two roots appears once."""
     seen, out = set(), []
     for root in roots:
-        for sample in discover(root, aliases=aliases, classes=classes):
+        for sample in discover(root, aliases=aliases, classes=classes, notes=notes):
             key = sample.path.resolve()
             if key not in seen:
                 seen.add(key)

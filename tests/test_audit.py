@@ -121,5 +121,10 @@ def test_cli_audit_json_on_shared_data_finds_the_readme_overlaps(shared_data):
     inside = [p for p in pairs if p["a"]["dataset"] == p["b"]["dataset"] == "covid19-3class"]
     assert len(inside) >= 4
     assert report["class_counts"]["kermany-pneumonia"] == {"normal": 1341, "pneumonia": 3875}
-    assert any("source confound" in w and "covid-19" in w for w in report["warnings"])
+    # The README's traps: TBX11K and Hannover hold one class each, so "this hospital" can stand for the disease.
+    assert any("single-class source: tb-tbx11k" in w for w in report["warnings"])
+    assert any("single-class source: covid-hannover" in w for w in report["warnings"])
+    assert set(report["datasets"]) >= {"adult-nih", "tb-shenzhen", "tb-tbx11k", "covid-hannover"}
+    assert not {"not-cxr", "lung-masks"} & set(report["datasets"])
+    assert "not-cxr: skipped" in proc.stderr and "lung-masks: skipped" in proc.stderr
     assert any("class imbalance" in w for w in report["warnings"])

@@ -25,7 +25,7 @@ def _copy(files, folder: Path) -> list[Path]:
 
 def test_class_folders_any_case(tmp_path):
     samples = discover(MINI)
-    assert {s.label for s in samples} == set(CANONICAL_CLASSES)
+    assert {s.label for s in samples} == {"normal", "pneumonia", "covid-19"}
     assert all(s.dataset == "cxr-mini" and s.split is None for s in samples)
     assert class_counts(samples)["total"] == {"normal": 8, "pneumonia": 8, "covid-19": 8}
 
@@ -116,7 +116,7 @@ def test_alias_overrides_are_validated():
         parse_alias_overrides(["nonsense"])
     assert info.value.code == ExitCode.USAGE
     with pytest.raises(CxrError, match="not one of the model's classes"):
-        discover(MINI, aliases={"normal": "tuberculosis"})
+        discover(MINI, aliases={"normal": "effusion"})
     assert DEFAULT_ALIASES["no finding"] == "normal"
 
 
@@ -126,4 +126,55 @@ def test_shared_data_is_one_collection(shared_data):
     assert counts["kermany-pneumonia"] == {"normal": 1341, "pneumonia": 3875}
     assert counts["covid19-3class"] == {"covid-19": 111, "normal": 70, "pneumonia": 70}
     assert counts["fullres"] == {"covid-19": 2, "normal": 2}
+    assert counts["adult-nih"] == {"normal": 500, "pneumonia": 500}
+    assert counts["tb-shenzhen"] == {"normal": 322, "tuberculosis": 334}
+    assert counts["tb-tbx11k"] == {"tuberculosis": 800}
+    assert counts["covid-hannover"] == {"covid-19": 243}
     assert all(isinstance(s, Sample) for s in samples)
+    nih = [s for s in samples if s.dataset == "adult-nih"]
+    assert all(s.patient and s.patient.startswith("adult-nih:") and s.view in ("AP", "PA") for s in nih)
+    assert all(s.age is not None for s in nih) and sum(s.age < 15 for s in nih) == 55  # README: 55 children
+    hannover = [s for s in samples if s.dataset == "covid-hannover"]
+    assert len({s.patient for s in hannover}) == 71
+
+
+def test_csv_with_extra_columns_beside_class_folders_and_a_folder_without_classes(tmp_path):
+    """NIH/TBX11K/Hannover style: labels.csv with patient, age, sex and view beside class folders; a folder of
+    unlabelled negatives in the collection is left out with a note naming it, not blamed as a class."""
+    root = tmp_path / "collection"
+    nih = root / "adults"
+    files = _copy(_images("NORMAL")[:2], nih / "images") + _copy(_images("PNEUMONIA")[:1], nih / "images")
+    (nih / "labels.csv").write_text(
+        "file,label,finding_labels,patient_id,age,sex,view\n"
+        f"images/{files[0].name},NORMAL,No Finding,7,058Y,m,pa\n"
+        f"images/{files[1].name},NORMAL,No Finding,7,58,M,PA\n"
+        f"images/{files[2].name},TUBERCULOSIS,TB,9,,F,AP\n")
+    tb = root / "tb-only"
+    tb_files = _copy(_images("Covid")[:2], tb / "TUBERCULOSIS")
+    (tb / "labels.csv").write_text("file,label,tbx11k_label\n" +
+                                   "".join(f"TUBERCULOSIS/{f.name},TUBERCULOSIS,active\n" for f in tb_files))
+    _copy(_images("NORMAL")[:1], root / "not-cxr" / "ct")
+    notes: list[str] = []
+    samples = discover(root, notes=notes)
+    assert [n.split(":")[0] for n in notes] == [str(root / "not-cxr")]
+    assert "skipped" in notes[0]
+    assert class_counts(samples)["adults"] == {"normal": 2, "tuberculosis": 1}
+    assert class_counts(samples)["tb-only"] == {"tuberculosis": 2}
+    adults = sorted((s for s in samples if s.dataset == "adults"), key=lambda s: s.path.name)
+    by_name = {s.path.name: s for s in adults}
+    first = by_name[files[0].name]
+    assert (first.patient, first.age, first.sex, first.view) == ("adults:7", 58.0, "M", "PA")
+    assert by_name[files[2].name].age is None
+    assert "tuberculosis" in CANONICAL_CLASSES
+
+
+def test_error_names_the_folder_actually_at_fault(tmp_path):
+    root = tmp_path / "collection"
+    _copy(_images("NORMAL")[:1], root / "good" / "NORMAL")
+    _copy(_images("NORMAL")[:1], root / "bad" / "NORMAL")
+    _copy(_images("PNEUMONIA")[:1], root / "bad" / "Effusion")
+    _copy(_images("NORMAL")[:1], root / "negatives" / "ct")
+    with pytest.raises(CxrError) as err:
+        discover(root)
+    assert err.value.code == ExitCode.DATA
+    assert str(root / "bad" / "Effusion") in str(err.value) and "collection:" not in str(err.value)

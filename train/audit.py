@@ -192,9 +192,12 @@ def pair_rows(result: AuditResult, splits: list[str | None] | None = None) -> li
 
 
 def patient_key(sample: Sample) -> str | None:
-    """Patient id where a dataset's file names carry one (Kermany: person123_..., IM-0115-...)."""
+    """The patient id: a label CSV's patient column (NIH, Hannover), else where a dataset's file names
+    carry one (Kermany: person123_..., IM-0115-...)."""
     import re
 
+    if sample.patient:
+        return sample.patient
     name = sample.path.name
     match = re.match(r"(person\d+)_", name) or re.match(r"((?:NORMAL2-)?IM-\d+)-", name)
     return f"{sample.dataset}:{match.group(1)}" if match else None
@@ -263,6 +266,12 @@ def _warnings(samples, records, summary, sources) -> list[str]:
                             f"always answers {top}; read per-class recall and the screening metrics")
     datasets = Counter(s.dataset for s in samples)
     if len(datasets) > 1:
+        for name in sorted(datasets):
+            own = {s.label for s in samples if s.dataset == name}
+            if len(own) == 1:
+                warnings.append(f"single-class source: {name} holds only '{next(iter(own))}' images "
+                                f"({datasets[name]}); a model can learn 'looks like {name}' instead of the "
+                                f"disease: balance by source and class, and score it held out")
         for cls, info in sources.items():
             for name, n in info["datasets"].items():
                 share = n / totals[cls]
@@ -317,7 +326,7 @@ def build_report(result: AuditResult, max_distance: int, stats: dict) -> dict:
         "duplicates": summary,
         "split_groups": {"groups": len(patient_groups),
                          "largest": max(patient_groups.values()) if patient_groups else 0,
-                         "rule": "near-duplicates and images of the same patient id (from file names) "
+                         "rule": "near-duplicates and images of the same patient id (label CSV column or file name) "
                                  "are kept on the same side of every split"},
         "unreadable": [{"path": str(s.path), "dataset": s.dataset, "reason": r.get("reason"), "error": r["error"]}
                        for s, r in zip(samples, records) if r.get("error")],

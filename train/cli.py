@@ -24,8 +24,9 @@ app = typer.Typer(help="Audit chest X-ray datasets and train screening models (a
 DataArgument = typer.Argument(..., help="Dataset folders, CSV files (path,label) or train/val/test .txt lists.")
 AliasOption = typer.Option([], "--alias", "-a", help=f"NAME=CLASS mapping for a folder or label name (repeatable); "
                                                      f"NAME={SKIP} leaves it out. Example: --alias Lung_Opacity=skip")
-ClassesOption = typer.Option(",".join(CANONICAL_CLASSES), "--classes",
-                             help="Comma-separated model classes; must include normal.")
+ClassesOption = typer.Option("", "--classes", show_default=False,
+                             help="Comma-separated model classes; must include normal. Default: those of "
+                                  f"{', '.join(CANONICAL_CLASSES)} that the data holds.")
 MaxDistanceOption = typer.Option(DEFAULT_MAX_DISTANCE, "--max-distance", min=0, max=255,
                                  help="Perceptual-hash Hamming distance (of 255 bits) that counts as a near-duplicate.")
 CacheOption = typer.Option(None, "--cache", help="Hash cache file. Default: $CXR_EDGE_CACHE/image-hashes.json, "
@@ -33,7 +34,10 @@ CacheOption = typer.Option(None, "--cache", help="Hash cache file. Default: $CXR
 
 
 def _classes(text: str) -> tuple[str, ...]:
+    """--classes: () when not given (then the canonical classes the data holds)."""
     classes = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    if not classes:
+        return ()
     if "normal" not in classes or len(classes) < 2:
         raise CxrError(f"--classes {text!r}: needs 'normal' and at least one other class", code=ExitCode.USAGE,
                        reason="bad_option")
@@ -65,7 +69,11 @@ def audit(
 ) -> None:
     """Exact and near-duplicate images (within a split, across splits, across datasets), class balance,
     unreadable files, sizes and bit depths, and source confounds."""
-    samples = discover_many(data, aliases=parse_alias_overrides(alias), classes=_classes(classes))
+    notes: list[str] = []
+    samples = discover_many(data, aliases=parse_alias_overrides(alias), classes=_classes(classes) or CANONICAL_CLASSES,
+                            notes=notes)
+    for note in notes:
+        typer.echo(f"cxr-train: {note}", err=True)
     result = run_audit(samples, max_distance=max_distance, cache_path=cache or default_cache_path(),
                        progress=_progress("hashing"))
     report = result.report

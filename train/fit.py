@@ -66,7 +66,7 @@ class FitConfig:
     allow_leakage: bool = False
     max_distance: int = DEFAULT_MAX_DISTANCE
     aliases: dict = field(default_factory=dict)
-    classes: tuple = CANONICAL_CLASSES
+    classes: tuple = ()  # () = those of CANONICAL_CLASSES that the data holds, in that order
     weights: str | None = None  # None/"none", "imagenet", or a weights file
     dropout: float = 0.2
     augment: bool = True
@@ -115,7 +115,7 @@ def _check_config(c: FitConfig) -> None:
         problems.append("--val-fraction/--test-fraction must be in (0, 1) and leave room for training")
     if not 0 < c.target_sensitivity <= 1:
         problems.append("--target-sensitivity must be in (0, 1]")
-    if NORMAL_CLASS not in c.classes:
+    if c.classes and NORMAL_CLASS not in c.classes:
         problems.append(f"--classes must include {NORMAL_CLASS!r}")
     if problems:
         raise CxrError("invalid options: " + "; ".join(problems), code=ExitCode.USAGE, reason="bad_option")
@@ -123,7 +123,17 @@ def _check_config(c: FitConfig) -> None:
 
 def prepare_data(config: FitConfig):
     """Discover, audit, select and split. Raises CxrError on leakage unless allowed."""
-    samples = discover_many(config.data, aliases=config.aliases, classes=tuple(config.classes))
+    notes: list[str] = []
+    samples = discover_many(config.data, aliases=config.aliases, classes=tuple(config.classes) or CANONICAL_CLASSES,
+                            notes=notes)
+    if not config.classes:
+        present = {s.label for s in samples}
+        config.classes = tuple(c for c in CANONICAL_CLASSES if c in present)
+        if NORMAL_CLASS not in config.classes or len(config.classes) < 2:
+            raise CxrError(f"the data holds classes {', '.join(config.classes)}: training needs normal and at least "
+                           "one other class", code=ExitCode.DATA, reason="missing_class")
+    for note in notes:
+        _say(config, note)
     _say(config, f"{len(samples)} images in {len({s.dataset for s in samples})} dataset(s); auditing")
     result = run_audit(samples, max_distance=config.max_distance,
                        cache_path=config.cache_path or default_cache_path(), workers=config.workers)
