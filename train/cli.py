@@ -131,6 +131,15 @@ def fit(
     preset: str = typer.Option("small-cnn", "--preset", "-p", help="Model preset (see `cxr-train presets`)."),
     input_size: int = typer.Option(224, "--input-size", min=16, help="Square input side in pixels."),
     resize: str = typer.Option("stretch", "--resize", help="stretch or letterbox (stored in the model)."),
+    crop: str = typer.Option("none", "--crop", help="none, or borders: cut uniform borders (stored in the model)."),
+    margin: float = typer.Option(0.0, "--margin", min=0.0, max=0.2,
+                                 help="Fraction cut from each side after --crop (edge text, markers)."),
+    normalize: str = typer.Option("none", "--normalize", help="none, equalize or clahe, at the model's input "
+                                                              "(stored in the model)."),
+    hold_out: List[str] = typer.Option([], "--hold-out", help="Leave this source (dataset folder name) out of "
+                                       "training and the threshold, and score it at the end. Repeatable."),
+    aug: List[str] = typer.Option([], "--aug", help="Augmentation magnitude NAME=VALUE (rotation_deg, zoom, shift, "
+                                  "brightness, contrast, noise, gamma, blur, downscale, sharpen). Repeatable."),
     epochs: int = typer.Option(20, "--epochs", min=1),
     fine_tune_epochs: int = typer.Option(0, "--fine-tune-epochs", min=0,
                                          help="Transfer presets: more epochs with the backbone's top unfrozen."),
@@ -142,7 +151,8 @@ def fit(
     monitor: str = typer.Option("val_screening_auc", "--monitor",
                                 help="val_screening_auc, val_loss or val_accuracy: early stopping and best checkpoint."),
     patience: int = typer.Option(5, "--patience", min=1),
-    balance: str = typer.Option("weights", "--balance", help="weights (class weights), sampling (balanced "
+    balance: str = typer.Option("weights", "--balance", help="weights (class weights), source (every class, and "
+                                "every source inside a class, weighs the same), sampling (balanced "
                                                              "batches) or none."),
     val_fraction: float = typer.Option(0.15, "--val-fraction"),
     test_fraction: float = typer.Option(0.15, "--test-fraction"),
@@ -174,7 +184,8 @@ def fit(
     from .fit import FitConfig, run
 
     config = FitConfig(
-        data=list(data), out=out, preset=preset, input_size=input_size, resize=resize, epochs=epochs,
+        data=list(data), out=out, preset=preset, input_size=input_size, resize=resize, crop=crop, margin=margin,
+        normalize=normalize, hold_out=tuple(hold_out), aug=tuple(aug), epochs=epochs,
         fine_tune_epochs=fine_tune_epochs, fine_tune_fraction=fine_tune_fraction, batch_size=batch_size,
         learning_rate=learning_rate, optimizer=optimizer, schedule=schedule, monitor=monitor, patience=patience,
         balance=balance, val_fraction=val_fraction, test_fraction=test_fraction, use_dataset_splits=not resplit,

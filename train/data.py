@@ -24,11 +24,14 @@ from edge.decode import load_image  # noqa: E402
 from edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
+MIN_CELL = 50  # source_class_weights: a source with fewer images of a class weighs as if it had this many
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Random changes applied to training images only (defaults follow the seeds)."""
+    """Random changes applied to training images only. Every magnitude can be set (`cxr-train fit --aug
+    NAME=VALUE`) and is recorded in the run's metrics.json. The last four act against a source's look
+    (contrast curve, sharpness, resolution: Shenzhen's copy is 128 px, NIH's 512 px) and are off unless set."""
 
     rotation_deg: float = 10.0
     zoom: float = 0.10  # scale in [1 - zoom, 1 + zoom]
@@ -40,9 +43,40 @@ class Augment:
     # validation images and the model predicted one class for every validation image (docs/training.md).
     noise: float = 0.0
     flip: bool = False  # a mirrored chest puts the heart on the wrong side; off unless asked for
+    gamma: float = 0.0  # x ** exp(u), u in [-gamma, gamma]: another contrast curve
+    blur: float = 0.0  # Gaussian blur, sigma in [0, blur] pixels at the model's input, half of the images
+    downscale: float = 1.0  # shrink to a factor in [downscale, 1] and back: another resolution
+    sharpen: float = 0.0  # unsharp mask of strength in [0, sharpen], half of the images
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def with_overrides(cls, base: "Augment", items) -> "Augment":
+        """["gamma=0.3", "blur=1.0"] on top of `base`; CxrError naming the bad item."""
+        from dataclasses import replace
+
+        from edge.errors import CxrError, ExitCode
+
+        values = {}
+        for item in items or []:
+            name, sep, text = str(item).partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in cls.__dataclass_fields__ or name == "flip":
+                raise CxrError(f"--aug {item!r}: expected NAME=VALUE with NAME one of "
+                               f"{', '.join(f for f in cls.__dataclass_fields__ if f != 'flip')}",
+                               code=ExitCode.USAGE, reason="bad_option")
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            limit = 1.0 if name in ("downscale",) else 90.0 if name == "rotation_deg" else 3.0
+            if not 0.0 <= value <= limit or (name == "downscale" and value < 0.2):
+                raise CxrError(f"--aug {item!r}: {name} must be a number in "
+                               f"[{0.2 if name == 'downscale' else 0}, {limit}]", code=ExitCode.USAGE,
+                               reason="bad_option")
+            values[name] = value
+        return replace(base, **values)
 
 
 def _loader(spec: PreprocessSpec):
@@ -78,6 +112,7 @@ def _affine(image, seed, aug: Augment, height: int, width: int):
     if aug.flip:
         out = tf.cond(tf.random.stateless_uniform([], seeds[4]) < 0.5, lambda: tf.image.flip_left_right(out),
                       lambda: out)
+    out = _photometric(out, tf.random.experimental.stateless_split(seeds[4], 6), aug, height, width)
     mean = tf.reduce_mean(out)
     contrast = 1.0 + tf.random.stateless_uniform([], seeds[5], -aug.contrast, aug.contrast)
     brightness = tf.random.stateless_uniform([], seeds[6], -aug.brightness, aug.brightness)
@@ -87,10 +122,39 @@ def _affine(image, seed, aug: Augment, height: int, width: int):
     return tf.clip_by_value(out, 0.0, 1.0)
 
 
+def _gaussian_blur(image, sigma):
+    """Separable 7-tap Gaussian of standard deviation `sigma` (a tensor) on an (H, W, 1) image."""
+    x = tf.range(-3.0, 4.0)
+    kernel = tf.exp(-0.5 * tf.square(x / tf.maximum(sigma, 1e-3)))
+    kernel = kernel / tf.reduce_sum(kernel)
+    padded = tf.pad(image[None], [[0, 0], [3, 3], [3, 3], [0, 0]], mode="SYMMETRIC")
+    out = tf.nn.conv2d(padded, tf.reshape(kernel, [7, 1, 1, 1]), 1, "VALID")
+    return tf.nn.conv2d(out, tf.reshape(kernel, [1, 7, 1, 1]), 1, "VALID")[0]
+
+
+def _photometric(out, seeds, aug: Augment, height: int, width: int):
+    if aug.downscale < 1.0:
+        factor = tf.random.stateless_uniform([], seeds[0], aug.downscale, 1.0)
+        small = tf.cast(tf.round(tf.constant([height, width], tf.float32) * factor), tf.int32)
+        out = tf.image.resize(tf.image.resize(out, small, method="area"), [height, width], method="bilinear")
+    if aug.blur > 0:
+        sigma = tf.random.stateless_uniform([], seeds[1], 0.0, aug.blur)
+        out = tf.cond(tf.random.stateless_uniform([], seeds[2]) < 0.5, lambda: _gaussian_blur(out, sigma),
+                      lambda: out)
+    if aug.sharpen > 0:
+        amount = tf.random.stateless_uniform([], seeds[3], 0.0, aug.sharpen)
+        out = tf.cond(tf.random.stateless_uniform([], seeds[4]) < 0.5,
+                      lambda: out + amount * (out - _gaussian_blur(out, 1.5)), lambda: out)
+    if aug.gamma > 0:
+        gamma = tf.exp(tf.random.stateless_uniform([], seeds[5], -aug.gamma, aug.gamma))
+        out = tf.pow(tf.clip_by_value(out, 1e-4, 1.0), gamma)
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
 def _augmenter(aug: Augment, spec: PreprocessSpec):
     def fn(seed, element):
-        image, label = element
-        return _affine(image, seed, aug, spec.height, spec.width), label
+        image, rest = element[0], element[1:]
+        return (_affine(image, seed, aug, spec.height, spec.width), *rest)
     return fn
 
 
@@ -114,11 +178,15 @@ def eval_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, c
 
 def train_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, seed: int = 0,
                   augment: Augment | None = Augment(), balanced: bool = False, n_classes: int = 3,
-                  cache_dir: Path | None = None) -> tuple[tf.data.Dataset, int]:
-    """(dataset, steps per epoch). balanced=True draws every class equally often (with repetition)."""
+                  cache_dir: Path | None = None, sample_weights=None) -> tuple[tf.data.Dataset, int]:
+    """(dataset, steps per epoch). balanced=True draws every class equally often (with repetition).
+    `sample_weights` (one per image) makes the elements (image, label, weight)."""
     paths, labels = list(paths), list(labels)
     steps = math.ceil(len(paths) / batch_size)
     ds = _base(paths, labels, spec, cache_dir / "train" if cache_dir else None)
+    if sample_weights is not None:
+        weights = tf.data.Dataset.from_tensor_slices(tf.constant(np.asarray(sample_weights, np.float32)))
+        ds = tf.data.Dataset.zip((ds, weights)).map(lambda element, w: (element[0], element[1], w))
     ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if balanced:
         # Rejection sampling over the repeated, cached stream: every pass reads the whole cache (so the
@@ -126,7 +194,7 @@ def train_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, 
         counts = np.bincount(np.asarray(labels, int), minlength=n_classes).astype(np.float32)
         present = counts > 0
         target = np.where(present, 1.0 / present.sum(), 0.0).astype(np.float32)
-        ds = ds.repeat().rejection_resample(lambda image, label: label, target_dist=target,
+        ds = ds.repeat().rejection_resample(lambda image, label, *weight: label, target_dist=target,
                                             initial_dist=counts / counts.sum(), seed=seed)
         ds = ds.map(lambda cls, element: element).take(steps * batch_size)
     if augment is not None:
@@ -134,6 +202,23 @@ def train_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, 
         ds = tf.data.Dataset.zip((seeds, ds)).map(_augmenter(augment, spec), num_parallel_calls=AUTOTUNE,
                                                   deterministic=True)
     return ds.batch(batch_size).prefetch(AUTOTUNE), steps
+
+
+def source_class_weights(labels, sources) -> np.ndarray:
+    """One weight per image: every class carries the same total weight, and inside a class every source
+    the same share, so that neither a big source nor a single-class source (TBX11K: only tuberculosis)
+    dominates what a class looks like. Mean weight 1."""
+    labels, sources = np.asarray(labels), np.asarray(sources)
+    weights = np.zeros(len(labels), np.float64)
+    classes = np.unique(labels)
+    for c in classes:
+        in_class = labels == c
+        cells = np.unique(sources[in_class])
+        for src in cells:
+            cell = in_class & (sources == src)
+            # a tiny cell (fullres: 2 images) is not blown up into a class's full share
+            weights[cell] = 1.0 / (len(classes) * len(cells) * max(int(cell.sum()), MIN_CELL))
+    return (weights * len(labels) / weights.sum()).astype(np.float32)
 
 
 def class_weights(labels, n_classes: int) -> dict[int, float]:

@@ -37,6 +37,7 @@ from edge.review_log import NOTICE  # noqa: E402
 
 from . import report as rep  # noqa: E402
 from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit  # noqa: E402
+from .heldout import render_sources, source_report, split_held_out  # noqa: E402
 from .splits import assign_splits, leaks, select_images, split_counts  # noqa: E402
 
 MONITORS = {"val_screening_auc": "max", "val_loss": "min", "val_accuracy": "max"}
@@ -49,6 +50,11 @@ class FitConfig:
     preset: str = "small-cnn"
     input_size: int = 224
     resize: str = "stretch"
+    crop: str = "none"  # PreprocessSpec.crop: none | borders
+    margin: float = 0.0  # PreprocessSpec.margin
+    normalize: str = "none"  # PreprocessSpec.normalize: none | equalize | clahe
+    hold_out: tuple = ()  # sources left out of training and scored at the end (train/heldout.py)
+    aug: tuple = ()  # NAME=VALUE augmentation magnitudes (train.data.Augment)
     epochs: int = 20
     fine_tune_epochs: int = 0  # transfer presets: epochs after unfreezing the backbone's top
     fine_tune_fraction: float = 0.3
@@ -58,7 +64,7 @@ class FitConfig:
     schedule: str = "plateau"  # plateau | cosine | constant
     monitor: str = "val_screening_auc"
     patience: int = 5
-    balance: str = "weights"  # weights | sampling | none
+    balance: str = "weights"  # weights (class) | source (class and source, per image) | sampling | none
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     use_dataset_splits: bool = True
@@ -109,8 +115,8 @@ def _check_config(c: FitConfig) -> None:
         problems.append(f"--optimizer {c.optimizer} (adam or sgd)")
     if c.schedule not in ("plateau", "cosine", "constant"):
         problems.append(f"--schedule {c.schedule} (plateau, cosine or constant)")
-    if c.balance not in ("weights", "sampling", "none"):
-        problems.append(f"--balance {c.balance} (weights, sampling or none)")
+    if c.balance not in ("weights", "source", "sampling", "none"):
+        problems.append(f"--balance {c.balance} (weights, source, sampling or none)")
     if not 0 < c.val_fraction < 1 or not 0 <= c.test_fraction < 1 or c.val_fraction + c.test_fraction >= 0.9:
         problems.append("--val-fraction/--test-fraction must be in (0, 1) and leave room for training")
     if not 0 < c.target_sensitivity <= 1:
@@ -138,11 +144,16 @@ def prepare_data(config: FitConfig):
     result = run_audit(samples, max_distance=config.max_distance,
                        cache_path=config.cache_path or default_cache_path(), workers=config.workers)
     indices, dropped = select_images(result, dedup=config.dedup)
+    indices, external, copies = split_held_out(samples, result, indices, config.hold_out)
+    if config.hold_out:
+        dropped["external_copy_of_training_image"] = copies
+        _say(config, f"held out {', '.join(config.hold_out)}: {len(external)} external images"
+                     + (f" ({copies} left out as copies of used images)" if copies else ""))
     splits = assign_splits(result, indices, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                            seed=config.seed, use_dataset_splits=config.use_dataset_splits)
     leaked = leaks(result, splits)
     counts = split_counts(samples, splits)
-    return samples, result, indices, dropped, splits, leaked, counts
+    return samples, result, indices, dropped, splits, leaked, counts, external
 
 
 def _write_json(path: Path, data) -> Path:
@@ -275,7 +286,7 @@ def run(config: FitConfig) -> FitResult:
     if not config.resume:
         for stale in ("history.csv", "checkpoints/state.json", "checkpoints/last.keras", "checkpoints/best.weights.h5"):
             (config.out / stale).unlink(missing_ok=True)
-    samples, audit, indices, dropped, splits, leaked, counts = prepare_data(config)
+    samples, audit, indices, dropped, splits, leaked, counts, external = prepare_data(config)
     audit_report = {**audit.report, "dropped": dropped}
     _write_json(config.out / "audit.json", audit_report)
     if leaked:
@@ -294,18 +305,23 @@ def run(config: FitConfig) -> FitResult:
 
     from models.architectures import backbone_of, build_model, get_preset, set_backbone_trainable
 
-    from .data import Augment, class_weights, eval_dataset, train_dataset
+    from .data import Augment, class_weights, eval_dataset, source_class_weights, train_dataset
 
     strategy, env = _setup_tf(config)
-    spec = PreprocessSpec(height=config.input_size, width=config.input_size, resize=config.resize)
+    spec = PreprocessSpec(height=config.input_size, width=config.input_size, resize=config.resize, crop=config.crop,
+                          margin=config.margin, normalize=config.normalize)
+    spec.validate()
     label_of = {c: i for i, c in enumerate(classes)}
     paths = {s: [str(samples[i].path) for i in idx] for s, idx in by_split.items()}
     labels = {s: np.array([label_of[samples[i].label] for i in idx], np.int32) for s, idx in by_split.items()}
     cache_dir = config.out / "cache"
-    augment = Augment(flip=config.flip, noise=config.noise) if config.augment else None
+    augment = Augment.with_overrides(Augment(flip=config.flip, noise=config.noise), config.aug) if config.augment \
+        else None
+    per_image = (source_class_weights(labels["train"], [samples[i].dataset for i in by_split["train"]])
+                 if config.balance == "source" else None)
     train_ds, steps = train_dataset(paths["train"], labels["train"], spec, batch_size=config.batch_size,
                                     seed=config.seed, augment=augment, balanced=config.balance == "sampling",
-                                    n_classes=len(classes), cache_dir=cache_dir)
+                                    n_classes=len(classes), cache_dir=cache_dir, sample_weights=per_image)
     if config.steps_per_epoch:
         steps = min(steps, config.steps_per_epoch)
         train_ds = train_ds.take(steps)
@@ -363,6 +379,9 @@ def run(config: FitConfig) -> FitResult:
         model.load_weights(str(ckpt / "best.weights.h5"))
     train_seconds = time.perf_counter() - start
 
+    by_split["external"] = [int(i) for i in external]
+    paths["external"] = [str(samples[i].path) for i in external]
+    labels["external"] = np.array([label_of.get(samples[i].label, -1) for i in external], np.int32)
     return _finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked,
                    env, steps, weights, augment, fine_tuned, train_seconds, start)
 
@@ -410,7 +429,7 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
     out, classes = config.out, list(config.classes)
     _say(config, "evaluating on validation" + (" and test" if paths["test"] else ""))
     probs = {s: _predict(model, paths[s], spec, config.batch_size, out / "cache" / s)
-             for s in ("val", "test") if paths[s]}
+             for s in ("val", "test", "external") if paths[s]}
     threshold = rep.choose_threshold(labels["val"], probs["val"], classes, config.target_sensitivity)
     evaluation = {s: rep.evaluate(labels[s], probs[s], classes, threshold) for s in probs}
     history = _read_history(out / "history.csv")
@@ -424,6 +443,8 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
     cams = rep.save_grad_cams(model, paths["val"], labels["val"], probs["val"], classes, spec, out / "gradcam",
                               config.gradcam_per_kind)
     _write_predictions(out / "predictions.csv", paths, labels, probs, classes, threshold)
+    _say(config, "per-source metrics and shortcut checks")
+    sources = source_report(model, samples, by_split, labels, probs, classes, threshold, spec, seed=config.seed)
 
     threshold_rule = (f"highest threshold on abnormality = 1 - P(normal) whose sensitivity on the validation "
                       f"split ({evaluation['val']['screening']['n_abnormal']} abnormal images) is >= "
@@ -432,11 +453,14 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
         "datasets": audit_report["datasets"], "class_counts": audit_report["class_counts"], "splits": counts,
         "dropped": dropped, "duplicates": audit_report["duplicates"], "warnings": audit_report["warnings"],
         "leakage_pairs_crossing_split": len(leaked), "split_rule": audit_report["split_groups"]["rule"],
-        "seed": config.seed,
+        "seed": config.seed, "held_out_sources": list(config.hold_out),
     }
     metrics_summary = {"validation": _headline(evaluation["val"])}
-    if "test" in evaluation:
-        metrics_summary["test"] = _headline(evaluation["test"])
+    for split in ("test", "external"):
+        if split in evaluation:
+            metrics_summary[split] = _headline(evaluation[split])
+    if "external" in sources:
+        metrics_summary["external_by_source"] = sources["external"]["by_source"]
     meta = ModelMetadata(
         name=config.name, version=config.version, classes=classes, preprocessing=spec, threshold=float(threshold),
         threshold_rule=threshold_rule, architecture=f"{config.preset} (input {config.input_size}x"
@@ -467,7 +491,7 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
                                                              "machine": platform.machine()},
             "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1), "history": history,
         },
-        "data": training_summary,
+        "data": training_summary, "sources": sources,
         "plots": sorted(p.name for p in (out / "plots").glob("*.png")), "gradcam": cams,
     }
     _write_json(out / "metrics.json", metrics)
@@ -549,6 +573,7 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
         lines.append(f"| {row['threshold']:.3f} | {_fmt(row['sensitivity'])} | {_fmt(row['specificity'])} | "
                      f"{_fmt(row['precision'])} | {_fmt(row['refer_rate'])} | {row['tp']} | {row['fp']} | "
                      f"{row['tn']} | {row['fn']} |")
+    lines += [""] + render_sources(metrics.get("sources") or {})
     d = audit["duplicates"]
     lines += ["", "## Data audit", "",
               f"{audit['n_images']} images from {', '.join(audit['datasets'])}. Near-duplicate pairs (perceptual hash "
@@ -593,7 +618,7 @@ def _print_summary(config: FitConfig, metrics: dict) -> None:
                   title_justify="left")
     for col in ("split", "n", "sensitivity", "specificity", "AUC", "accuracy", "balanced acc."):
         table.add_column(col, justify="right")
-    for split in ("val", "test"):
+    for split in ("val", "test", "external"):
         if split in metrics:
             s, c = metrics[split]["screening"], metrics[split]["classes"]
             table.add_row(split, str(s["n"]), _fmt(s["sensitivity"]) + _ci(s["ci95"]["sensitivity"]),
