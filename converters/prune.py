@@ -22,7 +22,7 @@ from edge.review_log import NOTICE
 
 from .data import run_splits_file
 from .finetune import evaluate, fit, split_images
-from .sources import load_source
+from .sources import SEGMENTER_FILE, load_source
 
 PRUNABLE = ("Conv2D", "SeparableConv2D", "Dense")
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
@@ -147,6 +147,8 @@ def prune_model(model_path: Path, out: Path, options: PruneOptions) -> dict:
     pruned.save(out)
     meta_file = out.with_suffix(".meta.json")
     meta_file.write_text(meta_out.to_json() + "\n", encoding="utf-8")
+    for data in (source.extra or {}).values():  # the lung segmenter travels with the pruned model
+        (out.parent / SEGMENTER_FILE).write_bytes(data)
     splits = run_splits_file(model_path)
     if splits is not None and not (out.parent / "splits.csv").exists():
         shutil.copyfile(splits, out.parent / "splits.csv")  # same training split for calibrating PRUNED

@@ -72,7 +72,7 @@ def qat_model(model_path: Path, out: Path, options: QatOptions) -> dict:
                "preserve_sparsity": options.preserve_sparsity, "loss": losses,
                "validation_keras_qat": evaluate(q_model, val, meta)}
     metadata = output_metadata(source, qopts, outputs, None, extra_training={"quantization_aware_training": summary})
-    write_model(out, embed_metadata(tflite, metadata), metadata, options.sidecar)
+    write_model(out, embed_metadata(tflite, metadata, source.extra), metadata, options.sidecar)
     report = build_report(out, source, metadata, qopts, None, check_edgetpu(read_graph(tflite)), q_model)
     lines = [f"quantization-aware fine-tuning: {options.epochs} epoch(s) on {len(train)} images, loss {losses}"]
     report["qat"] = {**summary, "lines": lines}

@@ -60,7 +60,7 @@ def quantize(model_path: Path, out: Path, options: QuantizeOptions) -> dict:
         raise CxrError(f"{model_path}: not Edge TPU compatible: {edgetpu.summary()}; nothing written",
                        code=ExitCode.CHECK_FAILED, reason="edgetpu_unsupported")
     metadata = output_metadata(source, options, outputs, calibration)
-    write_model(out, embed_metadata(tflite, metadata), metadata, options.sidecar)
+    write_model(out, embed_metadata(tflite, metadata, source.extra), metadata, options.sidecar)
     return build_report(out, source, metadata, options, calibration, edgetpu, keras_model)
 
 

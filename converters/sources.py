@@ -19,15 +19,42 @@ class SourceModel:
     model: object  # tf_keras.Model
     metadata: ModelMetadata
     sha256: str
+    extra: dict = None  # named buffers to embed beside the metadata (the lung segmenter)
 
 
 def load_source(model_path: str | Path, meta_path: str | Path | None = None) -> SourceModel:
     """The Keras model, its metadata (checked against the model) and the model file's sha256."""
     model_path = Path(model_path)
     metadata = load_source_metadata(model_path, meta_path)
+    extra = lung_segmenter_entry(metadata, [model_path.parent] + ([Path(meta_path).parent] if meta_path else []))
     model = load_keras_model(model_path)
     check_model_matches(model, metadata, model_path)
-    return SourceModel(model_path, model, metadata, file_sha256(model_path))
+    return SourceModel(model_path, model, metadata, file_sha256(model_path), extra)
+
+
+SEGMENTER_FILE = "lungs.tflite"  # cxr-train fit --crop lungs copies the segmenter into the run folder
+
+
+def lung_segmenter_entry(metadata: ModelMetadata, folders) -> dict[str, bytes]:
+    """{} or {LUNGS_ENTRY: segmenter bytes} for a model whose preprocessing crops to the lungs; the segmenter
+    (RUN/lungs.tflite) is registered for the preprocessing and checked against the sha256 the spec names."""
+    import hashlib
+
+    from edge import lungs
+
+    spec = metadata.preprocessing
+    if spec.crop != "lungs":
+        return {}
+    for folder in folders:
+        candidate = Path(folder) / SEGMENTER_FILE
+        if candidate.is_file():
+            data = candidate.read_bytes()
+            if hashlib.sha256(data).hexdigest() == spec.lungs:
+                lungs.register(data)
+                return {lungs.LUNGS_ENTRY: data}
+    raise CxrError(f"the model crops to the lungs with segmenter {spec.lungs[:12]}..., but no {SEGMENTER_FILE} with "
+                   f"that sha256 is in {', '.join(str(f) for f in folders)} (cxr-train fit puts it in the run folder)",
+                   code=ExitCode.MODEL, reason="no_metadata")
 
 
 def load_keras_model(path: str | Path):

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import CxrError, ExitCode
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
-CROPS = ("none", "borders")
+CROPS = ("none", "borders", "lungs")
 NORMALIZATIONS = ("none", "equalize", "clahe")
 BORDER_MAX_FRACTION = 0.25  # never cut more than this from one side, whatever the border looks like
 
@@ -31,7 +31,10 @@ class PreprocessSpec:
     scale: str = "unit"  # pixel values in [0, 1]; model-specific scaling lives inside the model
     # What a model should not read (issue: the source's look). Applied in this order, before resizing:
     crop: str = "none"  # "none" | "borders": cut uniform borders (collimation, padding, letterbox bars)
-    margin: float = 0.0  # fraction of each side cut after that (burnt-in text and markers near the edges)
+    #                     | "lungs": borders, then the lung fields' box found by the segmenter `lungs`
+    margin: float = 0.0  # fraction of each side cut after that (burnt-in text and markers near the edges);
+    #                      with "lungs", only where no lung box was found
+    lungs: str = ""  # sha256 of the lung segmenter that travels inside the model file (edge/lungs.py)
     # ... and after resizing, at the model's resolution:
     normalize: str = "none"  # "none" | "equalize" (histogram) | "clahe" (contrast-limited, 8x8 tiles)
 
@@ -59,6 +62,8 @@ class PreprocessSpec:
             problems.append(f"scale={self.scale!r}")
         if self.crop not in CROPS:
             problems.append(f"crop={self.crop!r}")
+        if self.crop == "lungs" and not (isinstance(self.lungs, str) and len(self.lungs) == 64):
+            problems.append("crop='lungs' without the segmenter's sha256")
         if not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin <= 0.2):
             problems.append(f"margin={self.margin!r} (0 to 0.2)")
         if self.normalize not in NORMALIZATIONS:
@@ -70,11 +75,27 @@ class PreprocessSpec:
 
 def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Grey float image in [0, 1] (any size) -> float32 array of shape (height, width, 1)."""
+    return preprocess_info(pixels, spec)[0]
+
+
+def preprocess_info(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, dict]:
+    """`preprocess`, and what the crop did: {"crop": "none" | "borders" | "lungs" | "lungs_not_found"}."""
     pixels = np.asarray(pixels, dtype=np.float32)
-    if spec.crop == "borders":
+    info = {"crop": spec.crop}
+    if spec.crop in ("borders", "lungs"):
         top, bottom, left, right = border_box(pixels)
         pixels = pixels[top:bottom, left:right]
-    if spec.margin > 0:
+    lung_box = None
+    if spec.crop == "lungs":
+        from . import lungs
+
+        lung_box = lungs.get(spec.lungs).box(pixels)
+        if lung_box is None:
+            info["crop"] = "lungs_not_found"
+        else:
+            top, bottom, left, right = lung_box
+            pixels = pixels[top:bottom, left:right]
+    if spec.margin > 0 and lung_box is None:
         h, w = pixels.shape[:2]
         dy, dx = int(round(h * spec.margin)), int(round(w * spec.margin))
         pixels = pixels[dy:h - dy, dx:w - dx]
@@ -86,7 +107,7 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     out = np.clip(out, 0.0, 1.0)
     if spec.normalize != "none":
         out = _normalize(out, spec.normalize)
-    return out[:, :, None]
+    return out[:, :, None], info
 
 
 def border_box(pixels: np.ndarray, *, flat: float = 0.03) -> tuple[int, int, int, int]:
@@ -109,7 +130,10 @@ def border_box(pixels: np.ndarray, *, flat: float = 0.03) -> tuple[int, int, int
         return limit
 
     top, bottom = first_content(row_std), first_content(row_std[::-1])
-    left, right = first_content(col_std), first_content(col_std[::-1])
+    inner = small[top:len(row_std) - bottom]  # columns judged without the top/bottom borders (and back)
+    left, right = first_content(inner.std(axis=0)), first_content(inner.std(axis=0)[::-1])
+    inner = small[:, left:len(col_std) - right]
+    top, bottom = first_content(inner.std(axis=1)), first_content(inner.std(axis=1)[::-1])
     return top * scale, h - bottom * scale, left * scale, w - right * scale
 
 

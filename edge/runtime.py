@@ -67,6 +67,8 @@ class TFLiteModel:
         self.path = Path(path)
         data, self.metadata = read_model_file(self.path)
         self.sha256 = hashlib.sha256(data).hexdigest()
+        if self.metadata.preprocessing.crop == "lungs":
+            _load_lung_segmenter(self.path, data, self.metadata.preprocessing.lungs)
         module, self.runtime = _interpreter_module()
         delegates = []
         if delegate == "edgetpu":
@@ -114,6 +116,18 @@ class TFLiteModel:
             outputs[name] = _dequantize(self.interpreter.get_tensor(detail["index"]), detail)[0]
         latency = (time.perf_counter() - start) * 1000.0
         return Prediction(outputs, latency)
+
+
+def _load_lung_segmenter(path: Path, data: bytes, expected_sha256: str) -> None:
+    """Register the lung segmenter stored inside the model file; it must be the one the spec names."""
+    from . import lungs
+    from .tflite_file import read_metadata_entries
+
+    segmenter = read_metadata_entries(data).get(lungs.LUNGS_ENTRY)
+    if segmenter is None or hashlib.sha256(segmenter).hexdigest() != expected_sha256:
+        raise CxrError(f"{path}: the model's preprocessing needs lung segmenter {expected_sha256[:12]}..., which is "
+                       "not inside the file", code=ExitCode.MODEL, reason="bad_metadata")
+    lungs.register(segmenter)
 
 
 @contextlib.contextmanager

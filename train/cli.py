@@ -131,7 +131,10 @@ def fit(
     preset: str = typer.Option("small-cnn", "--preset", "-p", help="Model preset (see `cxr-train presets`)."),
     input_size: int = typer.Option(224, "--input-size", min=16, help="Square input side in pixels."),
     resize: str = typer.Option("stretch", "--resize", help="stretch or letterbox (stored in the model)."),
-    crop: str = typer.Option("none", "--crop", help="none, or borders: cut uniform borders (stored in the model)."),
+    crop: str = typer.Option("none", "--crop", help="none; borders: cut uniform borders; lungs: borders, then the "
+                             "lung fields found by --lungs (stored in the model)."),
+    lungs: Optional[Path] = typer.Option(None, "--lungs", help="Lung segmenter .tflite from `cxr-train lungs`, "
+                                         "for --crop lungs (it travels inside the converted model)."),
     margin: float = typer.Option(0.0, "--margin", min=0.0, max=0.2,
                                  help="Fraction cut from each side after --crop (edge text, markers)."),
     normalize: str = typer.Option("none", "--normalize", help="none, equalize or clahe, at the model's input "
@@ -185,7 +188,7 @@ def fit(
 
     config = FitConfig(
         data=list(data), out=out, preset=preset, input_size=input_size, resize=resize, crop=crop, margin=margin,
-        normalize=normalize, hold_out=tuple(hold_out), aug=tuple(aug), epochs=epochs,
+        normalize=normalize, lungs=lungs, hold_out=tuple(hold_out), aug=tuple(aug), epochs=epochs,
         fine_tune_epochs=fine_tune_epochs, fine_tune_fraction=fine_tune_fraction, batch_size=batch_size,
         learning_rate=learning_rate, optimizer=optimizer, schedule=schedule, monitor=monitor, patience=patience,
         balance=balance, val_fraction=val_fraction, test_fraction=test_fraction, use_dataset_splits=not resplit,
@@ -196,6 +199,23 @@ def fit(
         verbose=2 if quiet or not sys.stdout.isatty() else 1,
     )
     run(config)
+
+
+@app.command()
+def lungs(
+    data: Path = typer.Argument(..., help="Folder with pairs.csv (image, mask, patient_id), e.g. ../shared/data/lung-masks."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for lungs.tflite and lungs.json."),
+    epochs: int = typer.Option(40, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train the lung-field segmenter used by `fit --crop lungs` (split by patient, IoU on held-out patients)."""
+    from .lungs import train
+
+    report = train(data, out, epochs=epochs, seed=seed)
+    v = report["validation"]
+    typer.echo(f"{out / 'lungs.tflite'}: {report['bytes']:,} bytes, sha256 {report['sha256'][:12]}...; held-out "
+               f"patients ({report['data']['val_images']} images): mask IoU {v['mask_iou_mean']:.3f}, box IoU "
+               f"{v['box_iou_mean']:.3f}, box found {v['box_found']:.1%} ({report['training']['seconds']:.0f} s)")
 
 
 @app.command()

@@ -53,6 +53,7 @@ class FitConfig:
     crop: str = "none"  # PreprocessSpec.crop: none | borders
     margin: float = 0.0  # PreprocessSpec.margin
     normalize: str = "none"  # PreprocessSpec.normalize: none | equalize | clahe
+    lungs: Path | None = None  # lung segmenter .tflite (cxr-train lungs) for crop="lungs"
     hold_out: tuple = ()  # sources left out of training and scored at the end (train/heldout.py)
     aug: tuple = ()  # NAME=VALUE augmentation magnitudes (train.data.Augment)
     epochs: int = 20
@@ -309,7 +310,7 @@ def run(config: FitConfig) -> FitResult:
 
     strategy, env = _setup_tf(config)
     spec = PreprocessSpec(height=config.input_size, width=config.input_size, resize=config.resize, crop=config.crop,
-                          margin=config.margin, normalize=config.normalize)
+                          margin=config.margin, normalize=config.normalize, lungs=_lung_segmenter(config))
     spec.validate()
     label_of = {c: i for i, c in enumerate(classes)}
     paths = {s: [str(samples[i].path) for i in idx] for s, idx in by_split.items()}
@@ -384,6 +385,22 @@ def run(config: FitConfig) -> FitResult:
     labels["external"] = np.array([label_of.get(samples[i].label, -1) for i in external], np.int32)
     return _finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked,
                    env, steps, weights, augment, fine_tuned, train_seconds, start)
+
+
+def _lung_segmenter(config: FitConfig) -> str:
+    """crop="lungs": register the segmenter, copy it into the run folder (the converters embed it from
+    there), and return its sha256 for the spec."""
+    if config.crop != "lungs":
+        return ""
+    from edge import lungs
+
+    if config.lungs is None or not Path(config.lungs).is_file():
+        raise CxrError(f"--crop lungs needs --lungs FILE, the segmenter `cxr-train lungs` wrote (got {config.lungs})",
+                       code=ExitCode.USAGE, reason="bad_option")
+    data = Path(config.lungs).read_bytes()
+    segmenter = lungs.register(data)
+    (config.out / "lungs.tflite").write_bytes(data)
+    return segmenter.sha256
 
 
 def _pretrained(config: FitConfig) -> bool:
