@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import CxrError, ExitCode
-from .review_log import NOTICE, ReviewLog
+from ..errors import CxrError, ExitCode
+from ..review_log import NOTICE, ReviewLog
 
 RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
