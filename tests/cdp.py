@@ -8,6 +8,7 @@ Every wait is for an event or a state, with a generous deadline only as a safety
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -27,6 +28,7 @@ class CdpError(RuntimeError):
 
 class Browser:
     def __init__(self, executable: str, profile: Path):
+        self.stack = contextlib.ExitStack()
         self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         port_file = profile / "DevToolsActivePort"
@@ -37,15 +39,15 @@ class Browser:
                 raise CdpError(f"Chromium did not open its DevTools port: {self.process.stderr.read()[-800:]!r}")
             time.sleep(0.05)
         port, path = port_file.read_text().splitlines()[:2]
-        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=64 * 2 ** 20, open_timeout=DEADLINE)
+        self.ws = self.stack.enter_context(connect(f"ws://127.0.0.1:{port}{path}", max_size=64 * 2 ** 20,
+                                                   open_timeout=DEADLINE))
         self.next_id = 0
         self.events: list[dict] = []
         self.session: str | None = None
 
     def close(self) -> None:
         try:
-            if hasattr(self, "ws"):
-                self.ws.close()
+            self.stack.close()
         finally:
             self.process.kill()
             self.process.wait(timeout=30)
