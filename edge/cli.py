@@ -268,8 +268,8 @@ def review_export(
     include_all: bool = typer.Option(False, "--all", help="Show every screened exam, not only referred ones."),
     log: Optional[Path] = LogOption,
 ) -> None:
-    """Write a small self-contained bundle for a remote doctor: one HTML page (thumbnails, scores,
-    heatmaps) and the JSON records."""
+    """Write a small self-contained bundle for a remote doctor: one HTML page (films, heatmaps, scores,
+    model limitations, a verdict form, programme plots) and the JSON records."""
     from .review_export import export_bundle
 
     with ReviewLog(log_path(log), create=False) as review_log:
