@@ -12,7 +12,7 @@ OUT/records.jsonl: the JSON record of every exam in the selection (as `review li
 
 Every export gets a new bundle id, recorded in the log with the image sha256 of each exam it
 shows, so an imported verdict can be checked against what the doctor saw. No patient identifier
-is written: file base names as received (the station's own naming), hashes, times, pixels only.
+is written: no file name or path (they can carry a patient's name), only exam ids, hashes, times and pixels.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from string import Template
 
 from .errors import CxrError, ExitCode
 from .review import select_exams
-from .review.page import exam_html, models_html, not_screened_html, stats_html
+from .review.page import exam_html, models_html, not_screened_html, stats_html, without_file
 from .review.stats import model_metadata, programme_stats
 from .review.verdicts import register_bundle
 from .review_log import ReviewLog
+
+
+PRIVATE = ("file", "moved_to", "duplicates")
 
 
 def _e(value) -> str:
@@ -73,8 +76,7 @@ def export_bundle(log: ReviewLog, out: Path, *, since: str | None = None, includ
         bundle_json=_script_json({"bundle_id": bundle_id, "station_id": station_id,
                                   "exams": {str(e["id"]): e["sha256"] for e in shown}}),
     )
-    records = "".join(json.dumps({**e, "bundle_id": bundle_id, "station_id": station_id}, sort_keys=True) + "\n"
-                      for e in exams)
+    records = "".join(json.dumps(_anonymous(e, bundle_id, station_id), sort_keys=True) + "\n" for e in exams)
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write(out / "index.html", page)
@@ -85,6 +87,14 @@ def export_bundle(log: ReviewLog, out: Path, *, since: str | None = None, includ
     size = sum((out / n).stat().st_size for n in ("index.html", "records.jsonl"))
     return (f"wrote {out / 'index.html'} and records.jsonl (bundle {bundle_id}): {len(shown)} "
             f"{'screened' if include_all else 'referred'} exams shown, {len(exams)} records, {size / 1024:.0f} KiB")
+
+
+def _anonymous(exam: dict, bundle_id: str, station_id: str) -> dict:
+    """An exam's record for the bundle: no file name or path (they can carry a patient's name); the station
+    finds the file from the exam id with `cxr-edge review list`."""
+    record = {k: v for k, v in exam.items() if k not in PRIVATE}
+    record["reason"] = without_file(exam["reason"], exam["file"])
+    return {**record, "bundle_id": bundle_id, "station_id": station_id}
 
 
 def _write(path: Path, text: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from review_station import (NASTY_NAME, SAMPLES, build_cam_tflite, cli, export, listed, make_station,
+from review_station import (SAMPLES, build_cam_tflite, cli, export, listed, make_station,
                             watch_once)
 
 
@@ -79,11 +80,13 @@ def test_review_verdicts_are_appended_never_overwritten(station):
         assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_review_export_is_small_self_contained_and_escaped(station, tmp_path):
+def test_review_export_is_self_contained_escaped_and_names_no_file(station, tmp_path):
+    referred = [e for e in listed(station["log"]) if e["decision"] == "refer"]
+    cli("review", "verdict", str(referred[-1]["id"]), "agree", "--note", "<script>alert(1)</script> & more",
+        "--log", str(station["log"]))
     out = tmp_path / "bundle"
     summary = export(station["log"], out)
     page = (out / "index.html").read_text()
-    referred = [e for e in listed(station["log"]) if e["decision"] == "refer"]
     for exam in referred:
         assert f'id="exam-{exam["id"]}"' in page and exam["sha256"] in page
         assert f'name="verdict-{exam["id"]}" value="agree"' in page
@@ -93,14 +96,18 @@ def test_review_export_is_small_self_contained_and_escaped(station, tmp_path):
     assert page.count("untrained test network: its scores mean nothing") == len(referred) + 1  # per exam + model
     assert "Screening aid, not a diagnosis" in page and "test-cam" in page
     assert "threshold 0.000 (command line)" in page
-    assert '<img src=x onerror' not in page and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; co.jpg" in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "corrupt" in page  # the file that was not screened, and its reason
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page), "the page refers to an outside file"
     assert "<script src" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page and "<svg" in page
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert {r["file"] for r in records} == set(station["files"]) | {station["garbage"]}
-    assert len({r["bundle_id"] for r in records}) == 1
+    records_text = (out / "records.jsonl").read_text()
+    records = [json.loads(line) for line in records_text.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(e["id"] for e in listed(station["log"]))
+    assert len({r["bundle_id"] for r in records}) == 1 and all("file" not in r for r in records)
+    for file in [*station["files"], station["garbage"]]:  # file names can carry a patient's name
+        name = Path(file).name
+        assert name not in page and html.escape(name) not in page and name not in records_text
     size = sum(p.stat().st_size for p in out.iterdir())
     assert "KiB" in summary
     print(f"\nbundle: {size} bytes for {len(referred)} referred exams ({size // len(referred)} bytes each)")
@@ -220,5 +227,5 @@ def test_dicom_film_is_pixels_only_no_tag_burnt_in(tmp_path):
     out = tmp_path / "bundle"
     export(log, out, "--all")
     text = (out / "index.html").read_text() + (out / "records.jsonl").read_text()
-    for identifier in ("DOE", "JANE", "PID-778899", "19800101"):
+    for identifier in ("DOE", "JANE", "PID-778899", "19800101", "exam.dcm"):
         assert identifier not in text

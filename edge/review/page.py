@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 
 from ..review_log import NOTICE
 from .charts import referral_chart, score_chart
@@ -81,7 +80,7 @@ def exam_html(exam: dict, images: dict | None, meta: dict | None) -> str:
     return f"""<section class="exam {kind}" id="exam-{i}" data-exam-id="{i}" data-decision="{_e(exam['decision'])}">
 {_viewer(exam, images)}
 <div class="facts">
-<p class="file">Exam {i}: {_e(os.path.basename(exam['file']))}</p>
+<p class="file">Exam {i}</p>
 <p class="decision">{_e(exam['decision'])}: abnormality {exam['abnormality']:.3f}</p>
 <p>threshold {exam['threshold']:.3f} ({_e(exam['threshold_source'])}) &middot; top class {_e(exam['top_class'])}</p>
 <p class="aid">{_e(exam['notice'] or NOTICE)}</p>
@@ -103,11 +102,19 @@ def models_html(models: dict[str, dict], metas: dict[str, dict | None]) -> str:
     return f"<table><tr><th>name</th><th>version</th><th>sha256</th></tr>{rows}</table>{notes}"
 
 
+def without_file(text: str | None, file: str) -> str | None:
+    """A reason with the file's path and name taken out: file names can carry a patient's name."""
+    if not text:
+        return text
+    return text.replace(file, "the file").replace(file.rsplit("/", 1)[-1], "the file")
+
+
 def not_screened_html(exams: list[dict]) -> str:
     if not exams:
         return "<p class=\"meta\">None.</p>"
     rows = "".join(f"<tr><td>{e['id']}</td><td>{_e(e['created_at'][:19])}</td><td>{_e(e['status'])}</td>"
-                   f"<td>{_e(e['reason_code'])}</td><td>{_e(e['reason'])}</td></tr>" for e in exams)
+                   f"<td>{_e(e['reason_code'])}</td><td>{_e(without_file(e['reason'], e['file']))}</td></tr>"
+                   for e in exams)
     return ("<table class=\"quarantined\"><tr><th>id</th><th>time (UTC)</th><th>status</th><th>reason</th>"
             f"<th>details</th></tr>{rows}</table>")
 
