@@ -175,3 +175,28 @@ def test_bundle_plots_the_programme(tmp_path):
     assert "score distribution shifted" in page and "lateral_view 2" in page
     with sqlite3.connect(log) as db:
         assert db.execute("SELECT COUNT(*) FROM bundles").fetchone()[0] == 1
+
+
+def test_a_log_from_an_older_version_keeps_its_verdict_and_thumbnail(tmp_path):
+    """Older versions kept one verdict in the exams row and a small thumbnail in exam_images."""
+    import cv2
+
+    from edge.review_log import ReviewLog
+
+    log_path = tmp_path / "old.sqlite"
+    thumbnail = cv2.imencode(".jpg", np.full((96, 96), 128, np.uint8))[1].tobytes()
+    with ReviewLog(log_path) as log:
+        exam_id = log.record({"source": "watch", "file": "/in/a.png", "sha256": "ab" * 32, "status": "screened",
+                              "decision": "refer", "abnormality": 0.9, "threshold": 0.5, "model_sha256": "cd" * 32,
+                              "model_name": "old", "model_version": "0.1", "probabilities": {"normal": 0.1}})
+        log.db.execute("UPDATE exams SET verdict = 'disagree', verdict_note = 'scar', "
+                       "verdict_at = '2025-01-01T00:00:00.000+00:00' WHERE id = ?", (exam_id,))
+        log.db.execute("INSERT INTO exam_images (exam_id, thumbnail) VALUES (?, ?)", (exam_id, thumbnail))
+    for _ in range(2):  # reopening carries the verdict over once
+        exam = listed(log_path)[0]
+        assert [(v["verdict"], v["note"], v["source"]) for v in exam["verdicts"]] == [("disagree", "scar", "station")]
+    out = tmp_path / "bundle"
+    export(log_path, out)
+    page = (out / "index.html").read_text()
+    assert page.count('class="film-img"') == 1 and "kept only the model&#x27;s small input" in page
+    assert "not in this log" in page  # no model metadata kept by the old version: says so
