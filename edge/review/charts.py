@@ -16,7 +16,7 @@ def _e(text) -> str:
 def _frame(title: str, body: str, y_label: str) -> str:
     ticks = "".join(
         f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{_y(v):.1f}" y2="{_y(v):.1f}" stroke="#e5e7eb"/>'
-        f'<text x="{LEFT - 6}" y="{_y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>' for v in (0, 0.25, 0.5, 0.75, 1.0))
+        f'<text x="{LEFT - 6}" y="{_y(v) + 4:.1f}" text-anchor="end">{v:g}</text>' for v in (0, 0.25, 0.5, 0.75, 1.0))
     return (f'<svg class="chart" role="img" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
             f'xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif">'
             f'<title>{_e(title)}</title>{ticks}'
