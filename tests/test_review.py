@@ -9,6 +9,7 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -137,15 +138,20 @@ def test_heatmap_follows_the_abnormal_class_maps():
     sharp = np.zeros((8, 8), np.float32)
     sharp[2, 5] = 1.0
     # stretch: the map covers the whole film, whatever its aspect
-    over = onto_film(sharp, PreprocessSpec(height=64, width=64), (400, 800))
+    film = np.zeros((400, 800), np.float32)
+    over = onto_film(sharp, PreprocessSpec(height=64, width=64), film)
     row, col = np.unravel_index(np.argmax(over), over.shape)  # cell (2, 5) of 8x8: centre at 24.5, 109.5
     assert over.shape == (80, 160) and abs(row - 24.5) <= 1 and abs(col - 109.5) <= 1
     # letterbox: a 400x800 film sat in rows 16-47 of the 64x64 input; the padding is cut off
     sharp = np.zeros((8, 8), np.float32)
     sharp[3, 5] = 1.0  # input row 24-31 = film rows (24-16)/32 -> 25-50% of the film's height
-    over = onto_film(sharp, PreprocessSpec(height=64, width=64, resize="letterbox"), (400, 800))
+    over = onto_film(sharp, PreprocessSpec(height=64, width=64, resize="letterbox"), film)
     row, col = np.unravel_index(np.argmax(over), over.shape)
     assert over.shape == (80, 160) and 20 <= row <= 40 and 100 <= col <= 120
+    # a margin: the model saw the middle 80% of the film, so the map covers only that
+    margin = SimpleNamespace(height=64, width=64, resize="stretch", crop="none", margin=0.1)
+    inside = onto_film(np.ones((8, 8), np.float32), margin, film)
+    assert inside[:8].max() == 0 and inside[:, :16].max() == 0 and inside[8:72, 16:144].min() > 0.99
     picture = cv2.imdecode(np.frombuffer(heatmap_webp(over), np.uint8), cv2.IMREAD_UNCHANGED)
     assert picture.shape == (80, 160, 4)
     assert picture[row, col, 3] > 120 and picture[0, 0, 3] < 10  # opaque where the evidence is, clear elsewhere

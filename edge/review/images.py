@@ -6,7 +6,8 @@ inversion; PNG/JPEG as stored), not the model's small input. Long side scaled do
 burnt in; text already burnt into the pixels by the modality stays, as on the film itself.
 
 Heatmap: the evidence for the abnormal classes (see `abnormal_map`), mapped back onto the film
-(through the model's resize: stretched, or letterboxed, in which case the padding is cut off),
+through the model's preprocessing (border crop and margin when the spec has them, then stretched,
+or letterboxed, in which case the padding is cut off),
 as a small RGBA WebP (long side 160 px, lossy quality 80: about 5 kB, a PNG was 20 kB) whose alpha is the evidence: the page lays it over the
 film and lets the browser scale it, so it costs a few kB and hides nothing where there is no
 evidence. It shows where the model looked, not where disease is.
@@ -79,18 +80,41 @@ def abnormal_map(cam: np.ndarray, probabilities, normal_index: int) -> np.ndarra
     return combined / peak
 
 
-def onto_film(heat: np.ndarray, spec, film_shape: tuple[int, int]) -> np.ndarray:
-    """A map over the model's input (any resolution) -> the same map over the film's frame.
+def content_box(pixels: np.ndarray, spec) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the part of the film the model was given: all of it, or what is left
+    after the spec's border crop and margin (when the preprocessing has them), exactly as preprocess cuts."""
+    h, w = pixels.shape[:2]
+    top, bottom, left, right = 0, h, 0, w
+    if getattr(spec, "crop", "none") == "borders":
+        from ..preprocess import border_box
+        top, bottom, left, right = border_box(pixels)
+    margin = getattr(spec, "margin", 0.0) or 0.0
+    if margin > 0:
+        dy, dx = int(round((bottom - top) * margin)), int(round((right - left) * margin))
+        top, bottom, left, right = top + dy, bottom - dy, left + dx, right - dx
+    return top, bottom, left, right
 
-    `stretch` covers the whole film; `letterbox` padded the film, so the padding is cut off first."""
+
+def onto_film(heat: np.ndarray, spec, pixels: np.ndarray) -> np.ndarray:
+    """A map over the model's input (any resolution) -> the same map over the whole film, at heatmap size.
+
+    The input was the film's content box (see content_box), stretched or letterboxed to the model's
+    size: a letterbox's padding is cut off, and the map is placed over the content box (zero elsewhere)."""
+    top, bottom, left, right = content_box(pixels, spec)
+    h, w = bottom - top, right - left
     if spec.resize == "letterbox":
         heat = cv2.resize(heat, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
-        h, w = film_shape
         scale = min(spec.height / h, spec.width / w)
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-        top, left = (spec.height - new_h) // 2, (spec.width - new_w) // 2
-        heat = heat[top:top + new_h, left:left + new_w]
-    return cv2.resize(heat, _scaled(film_shape, HEATMAP_LONG_SIDE), interpolation=cv2.INTER_LINEAR)
+        y0, x0 = (spec.height - new_h) // 2, (spec.width - new_w) // 2
+        heat = heat[y0:y0 + new_h, x0:x0 + new_w]
+    full_w, full_h = _scaled(pixels.shape[:2], HEATMAP_LONG_SIDE)
+    sy, sx = full_h / pixels.shape[0], full_w / pixels.shape[1]
+    y0, y1 = round(top * sy), max(round(top * sy) + 1, round(bottom * sy))
+    x0, x1 = round(left * sx), max(round(left * sx) + 1, round(right * sx))
+    out = np.zeros((full_h, full_w), np.float32)
+    out[y0:y1, x0:x1] = cv2.resize(heat, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def heatmap_webp(heat: np.ndarray) -> bytes:
@@ -104,7 +128,7 @@ def heatmap_webp(heat: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def heatmap_for(prediction, decision, metadata, film_shape: tuple[int, int]) -> tuple[bytes | None, str]:
+def heatmap_for(prediction, decision, metadata, pixels: np.ndarray) -> tuple[bytes | None, str]:
     """(WebP or None, a note saying what it shows or why there is none)."""
     cam = prediction.outputs.get("cam")
     if cam is None:
@@ -113,7 +137,7 @@ def heatmap_for(prediction, decision, metadata, film_shape: tuple[int, int]) -> 
     heat = abnormal_map(cam, probabilities, metadata.normal_index)
     if heat is None:
         return None, "the class activation maps show no evidence for an abnormal class in this exam"
-    return (heatmap_webp(onto_film(heat, metadata.preprocessing, film_shape)),
+    return (heatmap_webp(onto_film(heat, metadata.preprocessing, pixels)),
             "evidence for the abnormal classes (class activation map): where the model looked, not a finding")
 
 
@@ -126,7 +150,7 @@ def review_images(image, tensor, prediction, decision, metadata) -> ReviewImages
     except (ValueError, cv2.error):
         return None
     try:
-        heatmap, note = heatmap_for(prediction, decision, metadata, image.pixels.shape[:2])
+        heatmap, note = heatmap_for(prediction, decision, metadata, image.pixels)
     except (ValueError, cv2.error) as exc:
         heatmap, note = None, f"the heatmap could not be drawn ({exc})"
     return ReviewImages(film, heatmap, note)
