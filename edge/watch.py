@@ -95,7 +95,7 @@ class ExamProcessor:
             return ("gone", "", None) if not path.exists() else ("changed", "", None)
         sha256, size, mtime_ns = read
         stat = (path, size, mtime_ns)
-        known = self.store.known(sha256)
+        known = self.store.known(sha256, self.model.sha256)  # also an exam `screen` recorded with this model
         if known is not None:
             return self._known(path, sha256, stat, known)
         result = self._screen(path, sha256)

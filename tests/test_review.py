@@ -235,3 +235,17 @@ def test_dicom_film_is_pixels_only_no_tag_burnt_in(tmp_path):
     text = (out / "index.html").read_text() + (out / "records.jsonl").read_text()
     for identifier in ("DOE", "JANE", "PID-778899", "19800101", "exam.dcm"):
         assert identifier not in text
+
+
+def test_watch_knows_an_image_that_screen_recorded_with_the_same_model(cam_model, tiny_model, tmp_path):
+    log, inbox = tmp_path / "log.sqlite", tmp_path / "inbox"
+    inbox.mkdir()
+    cli("screen", str(SAMPLES / "covid-adult.png"), "--model", str(cam_model), "--log", str(log))
+    shutil.copy(SAMPLES / "covid-adult.png", inbox / "again.png")
+    watch_once(inbox, cam_model, log)
+    exams = listed(log)
+    assert len(exams) == 1 and exams[0]["source"] == "screen"
+    assert exams[0]["duplicates"] == [str(inbox / "again.png")]
+    shutil.copy(SAMPLES / "covid-adult.png", inbox / "third.png")
+    watch_once(inbox, tiny_model, log)  # another model: its result is a new exam
+    assert [e["model"]["name"] for e in listed(log)] == ["test-cam", "test-tiny"]
