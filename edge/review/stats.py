@@ -191,24 +191,24 @@ def _rate(value) -> str:
 def print_stats(stats: dict) -> None:
     console = Console()
     table = Table(title=f"cxr-edge programme statistics per {stats['by']}", title_justify="left")
-    for column in ("Period", "Exams", "Screened", "Referred", "Rate", "Expected band", "Refusals",
-                   "Verdicts (agree)", "KS p / PSI", "Alert"):
-        table.add_column(column, justify="left" if column in ("Period", "Refusals", "Alert") else "right")
+    for column in ("Period", "Exams", "Screened", "Referred", "Rate", "Band", "Verdicts", "KS p", "Alert"):
+        table.add_column(column, justify="left" if column in ("Period", "Alert") else "right",
+                         no_wrap=column in ("Period", "Rate", "Band", "KS p"))
     for p in [*stats["periods"], stats["total"]]:
-        band = "-" if not p["band"] else f"{p['band'][0]:.3f}-{p['band'][1]:.3f}"
-        refusals = ", ".join(f"{k} {v}" for k, v in sorted(p["refusals"].items())) or "-"
-        a = p["agreement"]
+        band = "-" if not p["band"] else f"{p['band'][0]:.2f}-{p['band'][1]:.2f}"
         drift = p.get("score_drift")
         alert = [w for w, on in (("rate", p["referral_alert"]), ("scores", drift and drift["alert"])) if on]
         table.add_row(p["period"], str(p["exams"]), str(p["screened"]), str(p["referred"]),
-                      _rate(p["referral_rate"]), band, escape(refusals), f"{a['reviewed']} ({a['tp'] + a['tn']})",
-                      f"{drift['ks_p']:.2g} / {drift['psi']:.2f}" if drift else "-",
+                      _rate(p["referral_rate"]), band, str(p["agreement"]["reviewed"]),
+                      f"{drift['ks_p']:.2g}" if drift else "-",
                       f"[bold red]{', '.join(alert)}[/]" if alert else "")
     console.print(table)
     expected = stats["expected_referral_rate"]
     console.print(f"Expected referral rate: {_rate(expected['rate'])} from {escape(expected['source'])}"
                   if expected else "Expected referral rate: unknown (no site calibration or model validation "
                   "rate for this model and threshold): no band", highlight=False)
+    refusals = ", ".join(f"{k} {v}" for k, v in sorted(stats["total"]["refusals"].items())) or "none"
+    console.print(f"Not screened, by reason: {escape(refusals)} (per period: --json).", highlight=False)
     a = stats["agreement"]
     console.print(f"Doctor agreement on {a['reviewed']} reviewed exams: TP {a['tp']} FP {a['fp']} TN {a['tn']} "
                   f"FN {a['fn']}; sensitivity {_rate(a['sensitivity'])}, specificity {_rate(a['specificity'])} "
