@@ -18,6 +18,8 @@ from .paths import default_log_path, default_model_path
 from .output import print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
 from .runtime import TFLiteModel
+from .review.images import review_images
+from .review.screen_log import earlier_result, json_record, marked, record_result
 from .screening import screen_file
 
 app = typer.Typer(
@@ -78,23 +80,40 @@ def screen(
     tflite = load_model(model, delegate, threads)
     cutoff, source = resolve_threshold(tflite, threshold)
     review_log = None if no_log else ReviewLog(log_path(log))
-    results = []
+    if review_log is not None:
+        review_log.remember_model(tflite)
+    results, shown = [], []
     for path in expand_inputs(images):
-        result = screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view)
-        if review_log is not None:
-            review_log.record(result.to_log_row("screen"))
+        result, exam_id, earlier = _screen_one(path, tflite, cutoff, source, any_view, review_log)
         if not result.ok:
             sys.stderr.write(f"cxr-edge: {result.status}: {result.reason}\n")
         if as_json:
-            sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
+            sys.stdout.write(json.dumps(json_record(result, exam_id, earlier), sort_keys=True) + "\n")
             sys.stdout.flush()
         results.append(result)
+        shown.append(marked(result, earlier) if earlier else result)
     if not as_json:
-        print_results(results, tflite, source)
+        print_results(shown, tflite, source)
     if review_log is not None:
         review_log.close()
     if not results or any(not r.ok for r in results):
         raise typer.Exit(ExitCode.INPUT_NOT_SCREENED)
+
+
+def _screen_one(path: Path, tflite: TFLiteModel, cutoff: float, source: str, any_view: bool,
+                review_log: Optional[ReviewLog]):
+    """(result, exam id or None, the earlier exam row when this image was already screened with this model)."""
+    if review_log is None:  # --no-log: neither read nor write the log, keep no image
+        return screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view), None, None
+    earlier = earlier_result(review_log, path, tflite)
+    if earlier is not None:
+        result, row = earlier
+        sys.stderr.write(f"cxr-edge: {path}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
+                         "with this model; showing that result, not logging it again\n")
+        return result, row["id"], row
+    result = screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view,
+                         on_screened=review_images)
+    return result, record_result(review_log, result, "screen"), None
 
 
 AliasOption = typer.Option(None, "--alias", help="Map a folder/label name to a class, e.g. "
@@ -252,8 +271,8 @@ def review_export(
     include_all: bool = typer.Option(False, "--all", help="Show every screened exam, not only referred ones."),
     log: Optional[Path] = LogOption,
 ) -> None:
-    """Write a small self-contained bundle for a remote doctor: one HTML page (thumbnails, scores,
-    heatmaps) and the JSON records."""
+    """Write a small self-contained bundle for a remote doctor: one HTML page (films, heatmaps, scores,
+    model limitations, a verdict form, programme plots) and the JSON records."""
     from .review_export import export_bundle
 
     with ReviewLog(log_path(log), create=False) as review_log:
@@ -265,17 +284,60 @@ def review_export(
 def review_verdict(
     exam_id: int = typer.Argument(..., help="The exam's id (first column of `cxr-edge review list`)."),
     verdict: str = typer.Argument(..., help="agree or disagree (with the model's decision)."),
-    note: Optional[str] = typer.Option(None, "--note", help="Free text kept beside the verdict."),
+    note: Optional[str] = typer.Option(None, "--note", help="The finding, or free text, kept beside the verdict."),
+    reviewer: str = typer.Option(os.environ.get("USER") or "station", "--reviewer",
+                                 help="Who gives the verdict (default: the login name)."),
     log: Optional[Path] = LogOption,
 ) -> None:
-    """Record a doctor's verdict beside the model's output of one exam."""
+    """Add a doctor's verdict on one exam's model output (earlier verdicts are kept; the latest is shown)."""
+    from .review.verdicts import append_verdict
+
     if verdict not in ("agree", "disagree"):
         raise CxrError(f"verdict must be agree or disagree, not {verdict!r}", code=ExitCode.USAGE,
                        reason="bad_option")
     with ReviewLog(log_path(log), create=False) as review_log:
-        row = review_log.set_verdict(exam_id, verdict, note)
-    typer.echo(f"exam {row['id']}: {row['verdict']} with the model's {row['decision']} "
-               f"(abnormality {row['abnormality']:.3f}) for {row['file']}")
+        row = append_verdict(review_log, exam_id, verdict, note, reviewer)
+    typer.echo(f"exam {row['id']}: {verdict} with the model's {row['decision']} "
+               f"(abnormality {row['abnormality']:.3f}) for {row['file']}, by {reviewer}")
+
+
+@review_app.command("import")
+def review_import(
+    file: Path = typer.Argument(..., help="A verdicts file saved from a bundle's page (verdicts-*.json)."),
+    log: Optional[Path] = LogOption,
+) -> None:
+    """Apply a remote doctor's verdicts file: each verdict is checked against the bundle it came from and
+    this log (station, bundle, exam, image sha256); refused ones are named with their reason."""
+    from .review.verdicts import import_verdicts
+
+    with ReviewLog(log_path(log), create=False) as review_log:
+        report = import_verdicts(review_log, file)
+    for line in report.refused:
+        sys.stderr.write(f"cxr-edge: {line}\n")
+    typer.echo(report.summary(file))
+    if report.refused:
+        raise typer.Exit(ExitCode.INPUT_NOT_SCREENED)
+
+
+@review_app.command("stats")
+def review_stats(
+    since: Optional[str] = SinceOption,
+    by: str = typer.Option("day", "--by", help="Period: day or week (UTC)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    log: Optional[Path] = LogOption,
+) -> None:
+    """Programme monitoring: exams, referral rate against its expected band, refusals by reason, agreement
+    with doctors' verdicts, and drift alerts, per day or week."""
+    from .review.stats import print_stats, programme_stats
+
+    if by not in ("day", "week"):
+        raise CxrError(f"--by must be day or week, not {by!r}", code=ExitCode.USAGE, reason="bad_option")
+    with ReviewLog(log_path(log), create=False) as review_log:
+        stats = programme_stats(review_log, since=since, by=by)
+    if as_json:
+        typer.echo(json.dumps(stats, sort_keys=True))
+    else:
+        print_stats(stats)
 
 
 @app.command()

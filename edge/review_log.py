@@ -6,8 +6,15 @@ mid-write leaves the previous state, never a half row.
 Besides `exams`, the log holds what the watcher needs to process each exam exactly once
 (`watch_hashes`: one row per content hash, written in the same transaction as the exam row;
 `watch_duplicates`: the same content seen again under another name; `watch_seen`: a cache of
-files already handled, so a rescan does not re-read them) and `exam_images`: a small thumbnail
-and heatmap per screened exam, so `cxr-edge review export` works after the originals are moved.
+files already handled, so a rescan does not re-read them) and `review_images`: the film as read
+(grey JPEG, long side <= 1024 px) and its heatmap (RGBA WebP) per screened exam, written in the same
+transaction as the exam row, so `cxr-edge review export` works after the originals are moved
+(`exam_images`, the 96-256 px thumbnails of older versions, is still read for old exams).
+
+`verdicts` is append-only (SQLite triggers refuse UPDATE and DELETE): every doctor's verdict is
+kept with its reviewer and time, the latest one is shown; `models` keeps the metadata of every
+model that screened into this log (intended use, known limitations, validation metrics); `bundles` remembers what each exported
+bundle held, so an imported verdicts file can be checked; `station` holds this log's station id.
 """
 
 from __future__ import annotations
@@ -78,6 +85,51 @@ CREATE TABLE IF NOT EXISTS exam_images (
     heatmap BLOB,
     heatmap_note TEXT
 );
+CREATE TABLE IF NOT EXISTS review_images (
+    exam_id INTEGER PRIMARY KEY REFERENCES exams (id),
+    film BLOB NOT NULL,
+    heatmap BLOB,
+    heatmap_note TEXT
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exam_id INTEGER NOT NULL REFERENCES exams (id),
+    image_sha256 TEXT,
+    verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree')),
+    note TEXT,
+    reviewer TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    bundle_id TEXT,
+    key TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS verdicts_exam ON verdicts (exam_id);
+CREATE TRIGGER IF NOT EXISTS verdicts_append_only_update BEFORE UPDATE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS verdicts_append_only_delete BEFORE DELETE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+CREATE TABLE IF NOT EXISTS bundles (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    exams TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    first_seen TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS station (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- verdicts typed before the verdicts table existed (one per exam, in the exams row) become its first rows
+INSERT OR IGNORE INTO verdicts (exam_id, image_sha256, verdict, note, reviewer, decided_at, recorded_at, source, key)
+    SELECT id, sha256, verdict, verdict_note, 'station', verdict_at, verdict_at, 'station', 'legacy:' || id
+    FROM exams WHERE verdict IS NOT NULL AND verdict_at IS NOT NULL;
+INSERT OR IGNORE INTO station (key, value) VALUES ('station_id', lower(hex(randomblob(16))));
 """
 
 COLUMNS = ("created_at", "source", "file", "sha256", "status", "reason_code", "reason", "decision",
@@ -166,33 +218,42 @@ class ReviewLog:
                            reason="unknown_exam")
         return rows[0]
 
-    def set_verdict(self, exam_id: int, verdict: str, note: str | None = None) -> dict:
-        """Record a doctor's verdict on the model's output of one screened exam; returns the row."""
-        exam = self.exam(exam_id)
-        if exam["status"] != "screened":
-            raise CxrError(f"exam {exam_id} was not screened ({exam['status']}: {exam['reason_code']}); "
-                           "there is no model output to agree or disagree with", code=ExitCode.USAGE,
-                           reason="not_screened")
-        if verdict not in ("agree", "disagree"):
-            raise CxrError(f"verdict must be agree or disagree, not {verdict!r}", code=ExitCode.USAGE,
-                           reason="bad_option")
+    @property
+    def station_id(self) -> str:
+        """A random id made when this log was created: it names the station in bundles and verdict files."""
+        return self._read("SELECT value FROM station WHERE key = 'station_id'")[0]["value"]
+
+    def remember_model(self, model) -> None:
+        """Keep the metadata of a model (a TFLiteModel) that screens into this log, once per sha256."""
         try:
-            self.db.execute("UPDATE exams SET verdict = ?, verdict_note = ?, verdict_at = ? WHERE id = ?",
-                            (verdict, note, utc_now(), int(exam_id)))
+            self.db.execute("INSERT OR IGNORE INTO models (sha256, name, version, metadata, first_seen) "
+                            "VALUES (?, ?, ?, ?, ?)", (model.sha256, model.metadata.name, model.metadata.version,
+                                                       model.metadata.to_json(), utc_now()))
         except sqlite3.Error as exc:
             raise self._write_error(exc) from None
-        return self.exam(exam_id)
 
-    def save_images(self, exam_id: int, thumbnail: bytes, heatmap: bytes | None, heatmap_note: str | None,
+    def model_metadata(self, sha256: str) -> dict | None:
+        rows = self._read("SELECT metadata FROM models WHERE sha256 = ?", (sha256,))
+        return json.loads(rows[0]["metadata"]) if rows else None
+
+    def save_images(self, exam_id: int, film: bytes, heatmap: bytes | None, heatmap_note: str | None,
                     *, connection: sqlite3.Connection | None = None) -> None:
+        """The exam's review images (edge.review.images.ReviewImages), inside the caller's transaction."""
         (connection or self.db).execute(
-            "INSERT OR REPLACE INTO exam_images (exam_id, thumbnail, heatmap, heatmap_note) VALUES (?, ?, ?, ?)",
-            (exam_id, thumbnail, heatmap, heatmap_note))
+            "INSERT OR REPLACE INTO review_images (exam_id, film, heatmap, heatmap_note) VALUES (?, ?, ?, ?)",
+            (exam_id, film, heatmap, heatmap_note))
 
     def images(self, exam_id: int) -> dict | None:
-        row = self._read("SELECT thumbnail, heatmap, heatmap_note FROM exam_images WHERE exam_id = ?",
-                         (int(exam_id),))
-        return dict(row[0]) if row else None
+        """{film, heatmap, heatmap_note} of one exam, or None. Exams logged by older versions have only the
+        model-input thumbnail (and a heatmap blended into it): shown as the film, without an overlay."""
+        row = self._read("SELECT film, heatmap, heatmap_note FROM review_images WHERE exam_id = ?", (int(exam_id),))
+        if row:
+            return dict(row[0])
+        old = self._read("SELECT thumbnail FROM exam_images WHERE exam_id = ?", (int(exam_id),))
+        if old:
+            return {"film": old[0]["thumbnail"], "heatmap": None,
+                    "heatmap_note": "logged by an older cxr-edge, which kept only the model's small input"}
+        return None
 
     def duplicates(self, exam_id: int) -> list[str]:
         return [r["file"] for r in self._read("SELECT file FROM watch_duplicates WHERE exam_id = ? ORDER BY id",

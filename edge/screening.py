@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from .decision import Decision, decide
 from .decode import load_image
@@ -29,6 +30,7 @@ class ScreenResult:
     reason: str | None = None
     image: dict = field(default_factory=dict)
     threshold_source: str = ""
+    review_images: Any = field(default=None, repr=False)  # what `on_screened` returned (not in JSON or log row)
 
     @property
     def ok(self) -> bool:
@@ -69,7 +71,9 @@ class ScreenResult:
 
 
 def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, threshold_source: str = "",
-                allow_any_view: bool = False) -> ScreenResult:
+                allow_any_view: bool = False, on_screened: Callable | None = None) -> ScreenResult:
+    """on_screened(decoded image, model input, prediction, decision, metadata), called for a screened image;
+    what it returns is kept as `review_images` (edge.review.images.review_images: the film and heatmap)."""
     path = str(path)
     try:
         image = load_image(path, allow_any_view=allow_any_view)
@@ -80,6 +84,9 @@ def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, thres
     tensor = preprocess(image.pixels, model.metadata.preprocessing)
     prediction = model.predict(tensor)
     decision = decide(prediction.probabilities, model.metadata, threshold)
-    return ScreenResult(path, "screened", model.identity, sha256=image.sha256, decision=decision,
-                        latency_ms=prediction.latency_ms, image=image.describe(),
-                        threshold_source=threshold_source)
+    result = ScreenResult(path, "screened", model.identity, sha256=image.sha256, decision=decision,
+                          latency_ms=prediction.latency_ms, image=image.describe(),
+                          threshold_source=threshold_source)
+    if on_screened is not None:
+        result.review_images = on_screened(image, tensor, prediction, decision, model.metadata)
+    return result

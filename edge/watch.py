@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .errors import CxrError, ExitCode
-from .review_images import heatmap_jpeg, thumbnail_jpeg
+from .review.images import review_images
 from .review_log import ReviewLog
 from .runtime import TFLiteModel
 from .screening import ScreenResult, screen_file
@@ -63,22 +63,6 @@ class WatchOptions:
     live: bool | None = None
 
 
-class CapturingModel:
-    """Wraps TFLiteModel for screen_file: keeps the last model input and outputs, for the thumbnail and heatmap."""
-
-    def __init__(self, model: TFLiteModel):
-        self.model = model
-        self.last = None
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def predict(self, image):
-        prediction = self.model.predict(image)
-        self.last = (image, prediction)
-        return prediction
-
-
 def _read_hash(path: Path) -> tuple[str, int, int] | None:
     """(sha256, size, mtime_ns) of a file that did not change while being read; None if it did or vanished."""
     try:
@@ -100,7 +84,7 @@ class ExamProcessor:
 
     def __init__(self, options: WatchOptions, model: TFLiteModel, log: ReviewLog, pending: Pending):
         self.options = options
-        self.model = CapturingModel(model)
+        self.model = model
         self.log = log
         self.store = WatchStore(log)
         self.pending = pending
@@ -111,7 +95,7 @@ class ExamProcessor:
             return ("gone", "", None) if not path.exists() else ("changed", "", None)
         sha256, size, mtime_ns = read
         stat = (path, size, mtime_ns)
-        known = self.store.known(sha256)
+        known = self.store.known(sha256, self.model.sha256)  # also an exam `screen` recorded with this model
         if known is not None:
             return self._known(path, sha256, stat, known)
         result = self._screen(path, sha256)
@@ -129,11 +113,10 @@ class ExamProcessor:
         return self._quarantine(path, sha256, stat, result)
 
     def _screen(self, path: Path, sha256: str) -> ScreenResult:
-        self.model.last = None
         try:
             return screen_file(path, self.model, self.options.threshold,
                                threshold_source=self.options.threshold_source,
-                               allow_any_view=self.options.allow_any_view)
+                               allow_any_view=self.options.allow_any_view, on_screened=review_images)
         except Exception as exc:  # a bug on one odd file must not stop (and crash-loop) the watcher
             logging.getLogger("cxr-edge.watch").exception("unexpected error while screening %s", path)
             return ScreenResult(str(path), "failed", self.model.identity, sha256=sha256, reason_code="internal_error",
@@ -141,7 +124,7 @@ class ExamProcessor:
                                        "please report this as a cxr-edge bug")
 
     def _screened(self, path: Path, sha256: str, stat, result: ScreenResult):
-        images = self._images(result)
+        images = result.review_images  # film + heatmap, or None when the film could not be drawn
         row = result.to_log_row(SOURCE)
         exam_id = self.store.record_exam(row, sha256, stat, images)
         if exam_id is None:  # recorded meanwhile (cannot happen with one watcher per log, but be safe)
@@ -173,24 +156,6 @@ class ExamProcessor:
             return "known", "", None
         return "duplicate", f"duplicate of exam {known.exam_id} ({known.file}): {path}", None
 
-    def _images(self, result: ScreenResult):
-        """(thumbnail, heatmap or None, heatmap note) from what the model saw; None if unavailable."""
-        if self.model.last is None:
-            return None
-        model_input, prediction = self.model.last
-        meta = self.model.metadata
-        probabilities = [result.decision.probabilities[c] for c in meta.classes]
-        try:
-            thumbnail = thumbnail_jpeg(model_input)
-        except ValueError:  # a picture problem must never cost the result
-            return None
-        try:
-            heatmap, note = heatmap_jpeg(model_input, prediction.outputs.get("cam"), probabilities,
-                                         meta.normal_index)
-        except ValueError as exc:
-            heatmap, note = None, f"heatmap could not be drawn ({exc})"
-        return thumbnail, heatmap, note
-
     def _move(self, path: Path, sha256: str, target: Path | None) -> None:
         if target is None or not path.exists():
             return
@@ -208,6 +173,7 @@ class Watcher:
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=options.queue_size)
         self.excluded = tuple(p for p in (options.move_done, options.move_failed) if p is not None)
         self.log = ReviewLog(options.log)
+        self.log.remember_model(model)  # its limitations and validation metrics, for the bundle and stats
         self.status = StatusReporter(model.identity, str(options.folder),
                                      log_file=str(options.log_file) if options.log_file else None,
                                      live=options.live, queue_length=lambda: len(self.pending))

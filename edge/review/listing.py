@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import CxrError, ExitCode
-from .review_log import NOTICE, ReviewLog
+from ..errors import CxrError, ExitCode
+from ..review_log import NOTICE, ReviewLog
+from .verdicts import all_verdicts
 
 RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -46,11 +47,15 @@ def select_exams(log: ReviewLog, *, referred: bool = False, since: str | None = 
     if statuses:
         where.append(f"status IN ({', '.join('?' for _ in statuses)})")
         params.extend(statuses)
-    return [exam_record(log, row) for row in log.query(" AND ".join(where), tuple(params))]
+    verdicts = all_verdicts(log)
+    return [exam_record(log, row, verdicts.get(row["id"], []))
+            for row in log.query(" AND ".join(where), tuple(params))]
 
 
-def exam_record(log: ReviewLog, row: dict) -> dict:
-    """One exam as `review list --json` and the export's records.jsonl show it."""
+def exam_record(log: ReviewLog, row: dict, verdicts: list[dict]) -> dict:
+    """One exam as `review list --json` and the export's records.jsonl show it; `verdict` is the latest of
+    its `verdicts` (oldest first, none erased)."""
+    latest = verdicts[-1] if verdicts else {}
     return {
         "id": row["id"],
         "created_at": row["created_at"],
@@ -69,9 +74,11 @@ def exam_record(log: ReviewLog, row: dict) -> dict:
         "image": row["image"],
         "duplicates": log.duplicates(row["id"]),
         "moved_to": log.moved_to(row["id"]),
-        "verdict": row["verdict"],
-        "verdict_note": row["verdict_note"],
-        "verdict_at": row["verdict_at"],
+        "verdict": latest.get("verdict"),
+        "verdict_note": latest.get("note"),
+        "verdict_at": latest.get("decided_at"),
+        "verdict_by": latest.get("reviewer"),
+        "verdicts": verdicts,
         "model": {"name": row["model_name"], "version": row["model_version"], "sha256": row["model_sha256"]},
         "notice": row["notice"] or NOTICE,
     }
@@ -91,7 +98,9 @@ def print_exam_table(exams: list[dict], log_path: str) -> None:
             result = f"[{style}]{e['decision']}[/] {e['abnormality']:.3f} {escape(e['top_class'] or '')}"
         else:
             result = f"[yellow]{e['status']}[/] {escape(e['reason_code'] or '')}"
-        verdict = escape(e["verdict"] or "")
+        verdict = escape(f"{e['verdict']} ({e['verdict_by']})" if e["verdict"] else "")
+        if len(e["verdicts"]) > 1:
+            verdict += f" [{len(e['verdicts'])} verdicts]"
         table.add_row(str(e["id"]), e["created_at"][:16].replace("T", " "), escape(Path(e["file"]).name),
                       result, verdict)
     console.print(table)
