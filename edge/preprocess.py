@@ -78,27 +78,37 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return preprocess_info(pixels, spec)[0]
 
 
-def preprocess_info(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, dict]:
-    """`preprocess`, and what the crop did: {"crop": "none" | "borders" | "lungs" | "lungs_not_found"}."""
-    pixels = np.asarray(pixels, dtype=np.float32)
-    info = {"crop": spec.crop}
+def content_box(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[tuple[int, int, int, int], str]:
+    """((top, bottom, left, right), crop outcome): the part of the image that becomes the model's input,
+    before resizing. The outcome is "none", "borders", "lungs" or "lungs_not_found" (then the borders box
+    and the margin are used). The review heatmap is placed back onto the film with the same box."""
+    h, w = pixels.shape[:2]
+    top, bottom, left, right = 0, h, 0, w
+    outcome = spec.crop
     if spec.crop in ("borders", "lungs"):
         top, bottom, left, right = border_box(pixels)
-        pixels = pixels[top:bottom, left:right]
     lung_box = None
     if spec.crop == "lungs":
         from . import lungs
 
-        lung_box = lungs.get(spec.lungs).box(pixels)
+        lung_box = lungs.get(spec.lungs).box(pixels[top:bottom, left:right])
         if lung_box is None:
-            info["crop"] = "lungs_not_found"
+            outcome = "lungs_not_found"
         else:
-            top, bottom, left, right = lung_box
-            pixels = pixels[top:bottom, left:right]
+            t, b, l, r = lung_box
+            top, bottom, left, right = top + t, top + b, left + l, left + r
     if spec.margin > 0 and lung_box is None:
-        h, w = pixels.shape[:2]
-        dy, dx = int(round(h * spec.margin)), int(round(w * spec.margin))
-        pixels = pixels[dy:h - dy, dx:w - dx]
+        dy, dx = int(round((bottom - top) * spec.margin)), int(round((right - left) * spec.margin))
+        top, bottom, left, right = top + dy, bottom - dy, left + dx, right - dx
+    return (top, bottom, left, right), outcome
+
+
+def preprocess_info(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, dict]:
+    """`preprocess`, and what the crop did: {"crop": outcome, "box": [top, bottom, left, right]}."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    (top, bottom, left, right), outcome = content_box(pixels, spec)
+    info = {"crop": outcome, "box": [int(top), int(bottom), int(left), int(right)]}
+    pixels = pixels[top:bottom, left:right]
     interpolation = INTERPOLATIONS[spec.interpolation]
     if spec.resize == "letterbox":
         out = _letterbox(pixels, spec.height, spec.width, interpolation)

@@ -81,18 +81,11 @@ def abnormal_map(cam: np.ndarray, probabilities, normal_index: int) -> np.ndarra
 
 
 def content_box(pixels: np.ndarray, spec) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the part of the film the model was given: all of it, or what is left
-    after the spec's border crop and margin (when the preprocessing has them), exactly as preprocess cuts."""
-    h, w = pixels.shape[:2]
-    top, bottom, left, right = 0, h, 0, w
-    if getattr(spec, "crop", "none") == "borders":
-        from ..preprocess import border_box
-        top, bottom, left, right = border_box(pixels)
-    margin = getattr(spec, "margin", 0.0) or 0.0
-    if margin > 0:
-        dy, dx = int(round((bottom - top) * margin)), int(round((right - left) * margin))
-        top, bottom, left, right = top + dy, bottom - dy, left + dx, right - dx
-    return top, bottom, left, right
+    """(top, bottom, left, right) of the part of the film the model was given (edge.preprocess decides:
+    border crop, lung crop, margin), so the heatmap lands where the model looked."""
+    from ..preprocess import content_box as model_box
+
+    return model_box(np.asarray(pixels, np.float32), spec)[0]
 
 
 def onto_film(heat: np.ndarray, spec, pixels: np.ndarray) -> np.ndarray:
