@@ -15,6 +15,7 @@ from .datasets import Sample
 from .decision import abnormality_scores
 from .decode import load_image
 from .errors import CxrError, ExitCode
+from .groups import breakdown
 from .metadata import NORMAL_CLASS
 from .metrics import classification_report, screening_metrics, threshold_for_sensitivity, wilson_interval
 from .preprocess import preprocess
@@ -29,6 +30,7 @@ class ScoredSet:
     labels: list[str] = field(default_factory=list)
     probabilities: list[np.ndarray] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # the scored ones, for the per-source breakdown
     failed: list[dict] = field(default_factory=list)  # images that could not be read: never scored
 
     @property
@@ -51,6 +53,7 @@ def score_samples(model: TFLiteModel, samples: list[Sample], on_step=None) -> Sc
             scored.probabilities.append(model.predict(preprocess(image.pixels, spec)).probabilities)
             scored.labels.append(sample.label)
             scored.files.append(str(sample.path))
+            scored.samples.append(sample)
         if on_step:
             on_step()
     if not scored.labels:
@@ -63,8 +66,10 @@ def evaluation_report(model: TFLiteModel, scored: ScoredSet, threshold: float, t
     report = classification_report(scored.labels, np.stack(scored.probabilities), classes)
     screening = screening_metrics(scored.is_abnormal, scored.abnormality(model), threshold)
     screening["threshold_source"] = threshold_source
+    y = np.array([classes.index(label) for label in scored.labels])
+    groups = breakdown(scored.samples, y, np.stack(scored.probabilities), classes, threshold)
     return {**report, "screening": screening, "failed": scored.failed, "model": model.identity,
-            "notice": NOTICE}
+            **groups, "notice": NOTICE}
 
 
 def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:

@@ -63,7 +63,23 @@ def print_evaluation(report: dict) -> None:
         f"AUC {_fmt(s['auc'])}{_ci(ci['auc'])}, sensitivity {_fmt(s['sensitivity'])}{_ci(ci['sensitivity'])}, "
         f"specificity {_fmt(s['specificity'])}{_ci(ci['specificity'])}; TP {s['tp']} FP {s['fp']} TN {s['tn']} "
         f"FN {s['fn']}. 95% intervals in brackets.", highlight=False)
+    _print_groups(console, report)
     _print_model_line(console, report["model"])
+
+
+def _print_groups(console, report: dict) -> None:
+    """Per source / age group / view, where the data has more than one: pooled numbers hide a bad hospital."""
+    rows = [(kind[3:], key, m) for kind in ("by_source", "by_age", "by_view")
+            for key, m in (report.get(kind) or {}).items() if len(report.get(kind) or {}) > 1]
+    if not rows:
+        return
+    table = Table(title="By source, age group and view (same threshold; n: normal/abnormal)", title_justify="left")
+    for column in ("Group", "n", "AUC", "Sensitivity", "Specificity", "Refer rate"):
+        table.add_column(column, justify="left" if column == "Group" else "right")
+    for kind, key, m in rows:
+        table.add_row(f"{kind}: {key}", f"{m['n']} ({m['n_normal']}/{m['n_abnormal']})", _fmt(m["auc"]),
+                      _fmt(m["sensitivity"]), _fmt(m["specificity"]), _fmt(m["refer_rate"]))
+    console.print(table)
 
 
 def print_calibration(record: dict, stored) -> None:

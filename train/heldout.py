@@ -17,28 +17,15 @@ its decision could come from the source alone:
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import numpy as np
 
+from edge.groups import AGE_RULE, age_group, breakdown
 from edge.metadata import NORMAL_CLASS
-from edge.metrics import roc_auc, screening_metrics
+from edge.metrics import roc_auc
 
-# Age group of the sources whose images carry no age, from ../shared/data/README.md.
-SOURCE_AGE_GROUP = {"kermany-pneumonia": "child"}
-CHILD_LABELS_OF = {"covid19-3class": {"normal", "pneumonia"}}  # its Normal / Viral Pneumonia: Kermany's children
-CHILD_MAX_AGE = 15.0
 BORDER_RING = 0.15  # fraction of each side counted as "border" for the heat check
-
-
-def age_group(sample) -> str:
-    if sample.age is not None:
-        return "child" if sample.age < CHILD_MAX_AGE else "adult"
-    if sample.dataset in SOURCE_AGE_GROUP:
-        return SOURCE_AGE_GROUP[sample.dataset]
-    if sample.label in CHILD_LABELS_OF.get(sample.dataset, ()):
-        return "child"
-    return "adult"  # every other source in shared/data is adults (README); say so where it is used
 
 
 def split_held_out(samples, audit, indices, hold_out) -> tuple[np.ndarray, np.ndarray, int]:
@@ -63,25 +50,6 @@ def split_held_out(samples, audit, indices, hold_out) -> tuple[np.ndarray, np.nd
             else:
                 external.append(int(i))
     return used, np.array(external, int), copies
-
-
-def group_metrics(y, probs, classes, threshold: float, keys) -> dict:
-    """{group: screening metrics at `threshold` (+ 3-class accuracy)} for each distinct key."""
-    y, probs = np.asarray(y), np.asarray(probs)
-    normal = list(classes).index(NORMAL_CLASS)
-    score = 1.0 - probs[:, normal]
-    out = {}
-    keys = np.asarray(keys, dtype=object)
-    for key in sorted(set(keys.tolist())):
-        mask = keys == key
-        is_abnormal = y[mask] != normal
-        m = screening_metrics(is_abnormal, score[mask], threshold)
-        out[key] = {"n": int(mask.sum()), "n_normal": int((~is_abnormal).sum()), "n_abnormal": int(is_abnormal.sum()),
-                    "auc": m["auc"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                    "refer_rate": float((score[mask] >= threshold).mean()),
-                    "accuracy_3class": float((probs[mask].argmax(1) == y[mask]).mean()),
-                    "classes": dict(Counter(classes[i] for i in y[mask])), "ci95": m["ci95"]}
-    return out
 
 
 def source_only_auc(train_samples, eval_samples) -> float | None:
@@ -173,16 +141,13 @@ def source_report(model, samples, by_split, labels, probs, classes, threshold, s
     from edge.decode import load_image
     from edge.preprocess import preprocess
 
-    out: dict = {"age_rule": f"age < {CHILD_MAX_AGE:g} years is child; sources without ages: Kermany and "
-                             "covid19-3class Normal/Viral Pneumonia are children, all others adults (data README)"}
+    out: dict = {"age_rule": AGE_RULE}
     for split in ("test", "external"):
         if split not in probs or not len(by_split.get(split, [])):
             continue
         chosen = [samples[i] for i in by_split[split]]
         y, p = labels[split], probs[split]
-        out[split] = {"by_source": group_metrics(y, p, classes, threshold, [s.dataset for s in chosen]),
-                      "by_age": group_metrics(y, p, classes, threshold, [age_group(s) for s in chosen]),
-                      "by_view": group_metrics(y, p, classes, threshold, [s.view or "unknown" for s in chosen]),
+        out[split] = {**breakdown(chosen, y, p, classes, threshold),
                       "normals_mean_abnormality": {
                           "by_source": normals_by(chosen, p, classes, lambda s: s.dataset),
                           "by_age": normals_by(chosen, p, classes, age_group),
