@@ -35,8 +35,11 @@ from edge.decode import load_image
 from edge.metadata import ModelMetadata
 from edge.preprocess import preprocess
 import json
-meta = json.load(open(sys.argv[2]))
-spec = ModelMetadata.from_dict(meta).preprocessing
+from pathlib import Path
+from converters.sources import lung_segmenter_entry  # a lung-cropping model needs its segmenter (RUN/lungs.tflite)
+meta = ModelMetadata.from_dict(json.load(open(sys.argv[2])))
+lung_segmenter_entry(meta, [Path(sys.argv[1]).parent, Path(sys.argv[2]).parent])
+spec = meta.preprocessing
 model = keras.models.load_model(sys.argv[1], compile=False)
 x = preprocess(load_image(sys.argv[3]).pixels, spec)[None]
 print(model.predict(x, verbose=0)[0].tolist())
@@ -105,7 +108,11 @@ def latency_keras(keras_path: Path, meta_path: Path, image: Path, repeats: int) 
     from edge.metadata import ModelMetadata
     from edge.preprocess import preprocess
 
-    spec = ModelMetadata.from_dict(json.loads(meta_path.read_text())).preprocessing
+    from converters.sources import lung_segmenter_entry
+
+    meta = ModelMetadata.from_dict(json.loads(meta_path.read_text()))
+    lung_segmenter_entry(meta, [keras_path.parent, meta_path.parent])
+    spec = meta.preprocessing
     model = keras.models.load_model(keras_path, compile=False)
     x = preprocess(load_image(image).pixels, spec)[None]
     # model(x) is Keras' fastest single-image path; model.predict adds per-call overhead.
