@@ -1,0 +1,191 @@
+"""The worker behind the outbox: builds each screened DICOM exam's SR and Secondary Capture, and
+sends pending objects to the PACS by C-STORE. It runs in its own thread with its own review-log
+connection and its own interpreter, so screening never waits for it.
+
+What to build is read from the review log (screened DICOM exams without outbox rows for this
+destination), not handed over in memory: an exam recorded just before a crash is built after the
+restart. The heatmap needs the model's class activation maps, which the log does not keep, so the
+worker runs the model once more on the stored original (the logged scores are what the SR reports).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from ..errors import CxrError, ExitCode
+from ..review_log import ReviewLog, decode_row
+from . import outbox
+
+WARNING_STATUSES = (0xB000, 0xB006, 0xB007)  # stored, with a coercion or element note: still delivered
+MISSING_PASSES = 5  # passes a source file may be missing (being moved) before its build is marked failed
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_destination(text: str) -> Destination:
+    """AE@host:port -> Destination; a CxrError naming the expected form otherwise."""
+    ae, at, rest = text.partition("@")
+    host, colon, port = rest.rpartition(":")
+    if not (at and colon and ae and host and port.isdigit() and 0 < int(port) < 65536 and len(ae) <= 16):
+        raise CxrError(f"--forward {text!r}: expected AE@host:port, e.g. PACS@10.0.0.5:104 (AE title at most "
+                       "16 characters)", code=ExitCode.USAGE, reason="bad_option")
+    return Destination(ae, host.strip("[]"), int(port))
+
+
+def say(line: str) -> None:
+    sys.stderr.write(f"cxr-edge forward: {line}\n")
+    sys.stderr.flush()
+
+
+class Forwarder(threading.Thread):
+    def __init__(self, log_path: Path, destination: Destination, model_path: Path, *, calling_ae: str = "CXREDGE",
+                 first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY,
+                 poll: float = 1.0, timeout: float = 30.0):
+        super().__init__(name="cxr-edge-forward", daemon=True)
+        self.log_path, self.destination, self.model_path = log_path, destination, model_path
+        self.calling_ae, self.first_delay, self.max_delay = calling_ae, first_delay, max_delay
+        self.poll, self.timeout = poll, timeout
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.model = None
+        self.missing: dict[int, int] = {}
+        log = outbox.open_outbox(ReviewLog(log_path))
+        try:
+            self.first_id = outbox.forward_from(log, str(destination))
+        finally:
+            log.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=self.timeout + 5)
+
+    def run(self) -> None:
+        log = ReviewLog(self.log_path)
+        try:
+            while not self.stop_event.is_set():
+                built = self._build_some(log)
+                sent = self._send_due(log)
+                if not built and not sent:
+                    self.stop_event.wait(self.poll)
+        except BaseException as exc:  # reported by the owner; the outbox keeps everything for a restart
+            self.error = exc
+            say(f"stopped: {exc}")
+        finally:
+            log.close()
+
+    # -- building
+    def _build_some(self, log: ReviewLog) -> int:
+        done = 0
+        for exam in outbox.exams_to_build(log, str(self.destination), self.first_id):
+            if self.stop_event.is_set():
+                break
+            exam = decode_row(exam) | {"moved_to": exam.get("moved_to")}
+            source = next((Path(p) for p in (exam["moved_to"], exam["file"]) if p and Path(p).is_file()), None)
+            if source is None:
+                self.missing[exam["id"]] = self.missing.get(exam["id"], 0) + 1
+                if self.missing[exam["id"]] >= MISSING_PASSES:
+                    outbox.record_build_failure(log, exam["id"], str(self.destination),
+                                                f"source file {exam['file']} is gone; results cannot be built")
+                    say(f"exam {exam['id']}: source file {exam['file']} is gone; results not built")
+                continue
+            try:
+                objects = self._build(source, exam)
+            except CxrError as exc:
+                outbox.record_build_failure(log, exam["id"], str(self.destination), str(exc))
+                say(f"exam {exam['id']}: results not built: {exc}")
+                continue
+            outbox.enqueue(log, exam["id"], str(self.destination), objects)
+            self.missing.pop(exam["id"], None)
+            done += 1
+        return done
+
+    def _build(self, source: Path, exam: dict) -> list:
+        import pydicom
+
+        from ..decode import load_image
+        from ..preprocess import preprocess
+        from ..runtime import TFLiteModel
+        from .results import banner_text, build_sc, build_sr, overlay_picture
+
+        if self.model is None:
+            self.model = TFLiteModel(self.model_path, threads=1)
+        if exam["model_sha256"] != self.model.sha256:
+            raise CxrError(f"exam {exam['id']} was screened by model sha256 {exam['model_sha256'][:12]}, not by "
+                           f"the running model {self.model.sha256[:12]}; results not built", reason="model_changed")
+        meta = self.model.metadata
+        image = load_image(source, allow_any_view=True)  # it was screened already: the checks passed then
+        prediction = self.model.predict(preprocess(image.pixels, meta.preprocessing))
+        try:
+            dataset = pydicom.dcmread(BytesIO(source.read_bytes()), stop_before_pixels=True)
+        except Exception as exc:
+            raise CxrError(f"{source}: DICOM header cannot be read again ({exc})", reason="corrupt") from None
+        probabilities = [exam["probabilities"][c] for c in meta.classes]
+        with warnings.catch_warnings():  # highdicom warns about odd person names copied from the source
+            warnings.simplefilter("ignore", UserWarning)
+            picture, note = overlay_picture(image.pixels, prediction.outputs.get("cam"), probabilities,
+                                            meta.normal_index, meta.preprocessing, banner_text(exam))
+            try:
+                return [("sr", build_sr(dataset, exam, list(meta.classes))),
+                        ("sc", build_sc(dataset, exam, picture, note))]
+            except (ValueError, AttributeError, TypeError) as exc:  # the source lacks a required attribute
+                raise CxrError(f"{source}: results cannot be built from this DICOM ({exc})",
+                               reason="bad_source") from None
+
+    # -- sending
+    def _send_due(self, log: ReviewLog) -> int:
+        items = outbox.due(log, str(self.destination))
+        if not items:
+            return 0
+        from pydicom import dcmread
+        from pynetdicom import AE
+
+        datasets = {item.id: dcmread(BytesIO(item.dataset)) for item in items}
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = min(self.timeout, 10)
+        for context in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}:
+            ae.add_requested_context(*context)
+        d = self.destination
+        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
+        if not assoc.is_established:
+            reason = "association rejected" if assoc.is_rejected else "PACS unreachable"
+            for item in items:
+                outbox.mark_unsent(log, item, f"{reason} ({d})", refused=assoc.is_rejected,
+                                   first=self.first_delay, cap=self.max_delay)
+            say(f"{reason} ({d}); {len(items)} object(s) stay in the outbox, next try in "
+                f"{outbox.backoff(items[0].attempts + 1, self.first_delay, self.max_delay):.0f} s")
+            return 0
+        sent = 0
+        try:
+            for item in items:
+                if self.stop_event.is_set() or not assoc.is_established:
+                    break
+                status = assoc.send_c_store(datasets[item.id])
+                code = status.get("Status") if status else None
+                if code == 0 or code in WARNING_STATUSES:
+                    outbox.mark_sent(log, item)
+                    sent += 1
+                    say(f"sent exam {item.exam_id} {item.kind.upper()} {item.sop_instance_uid} to {d}")
+                else:
+                    error = f"PACS answered 0x{code:04X}" if code is not None else "no answer (connection lost)"
+                    new = outbox.mark_unsent(log, item, error, refused=code is not None, first=self.first_delay,
+                                             cap=self.max_delay)
+                    say(f"exam {item.exam_id} {item.kind.upper()}: {error}; {new}")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return sent
