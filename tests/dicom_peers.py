@@ -173,9 +173,9 @@ def start_listener(workdir: Path, model: Path, *extra: str, port: int | None = N
     return process, port
 
 
-def storescu(port: int, files: list[Path], *, calling: str = "UNIT1", called: str = "CXREDGE",
+def storescu(port: int, files: list[Path], *options: str, calling: str = "UNIT1", called: str = "CXREDGE",
              timeout: float = DEADLINE) -> subprocess.CompletedProcess:
-    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", called, "-to", "60", "-ta", "60",
+    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", called, "-to", "60", "-ta", "60", *options,
                            "127.0.0.1", str(port), *map(str, files)], capture_output=True, text=True,
                           timeout=timeout)
 

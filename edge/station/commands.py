@@ -37,6 +37,8 @@ def register(app: typer.Typer, *, model_option, log_option, threshold_option, de
                                             "re-send to an unreachable PACS; doubles each time."),
         forward_retry_max: float = typer.Option(600.0, "--forward-retry-max", min=0.1, help="Longest wait "
                                                 "between re-sends (retries never stop)."),
+        min_free_mb: int = typer.Option(64, "--min-free-mb", min=0, help="Refuse new images (status 0xA700, the "
+                                        "unit retries) while less disk than this is free in the store."),
         quiet: bool = typer.Option(False, "--quiet", help="No line per received instance."),
         delegate: str = delegate_option,
         threads: Optional[int] = threads_option,
@@ -60,7 +62,7 @@ def register(app: typer.Typer, *, model_option, log_option, threshold_option, de
         cutoff, source = resolve_threshold(tflite, threshold)
         options = ListenOptions(
             receiver=ReceiverOptions(incoming=Path(), port=port, ae_title=ae_title, bind=bind,
-                                     allow_ae=list(allow_ae or [])),
+                                     allow_ae=list(allow_ae or []), min_free_bytes=min_free_mb * 2**20),
             store=(store or data_home() / "dicom").absolute(), log=log_path(log), threshold=cutoff,
             threshold_source=source, forward=destination, forward_first_delay=forward_retry,
             forward_max_delay=max(forward_retry, forward_retry_max), log_file=log_file, quiet=quiet)

@@ -75,7 +75,7 @@ def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
     watch_options = WatchOptions(
         folder=incoming, log=options.log, threshold=options.threshold, threshold_source=options.threshold_source,
         settle=0.5, retries=1,  # files arrive complete (renamed into place): a failure will not heal
-        move_done=store / "screened", move_failed=store / "quarantine", log_file=options.log_file, live=False)
+        move_done=store / "screened", move_failed=store / "quarantine", log_file=options.log_file, live=False, source="listen")
     say = (lambda line: None) if options.quiet else _line("listen")
     receiver = Receiver(options.receiver, say=say, warn=_line("listen"))
     with forwarding(options.forward, options.log, model, calling_ae=options.receiver.ae_title,
