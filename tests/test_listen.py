@@ -281,3 +281,50 @@ def test_watch_forward_sends_results_of_dicom_inputs(tmp_path, pacs):
     arrived = [i for i in pacs.instances() if i["StudyInstanceUID"] == source.StudyInstanceUID]
     assert sorted(i["Modality"] for i in arrived) == ["OT", "SR"]
     assert {o["exam_id"] for o in outbox(log)} == {e["id"] for e in screened(log) if e["file"].endswith(".dcm")}
+
+
+COMPRESSORS = {  # dcmtk tool and options -> the transfer syntax it writes, storescu's option to propose it
+    "jpeg-lossless-sv1": (["dcmcjpeg", "+e1"], "1.2.840.10008.1.2.4.70", "-xs"),
+    "jpeg-ls": (["dcmcjpls", "+el"], "1.2.840.10008.1.2.4.80", "-xt"),
+    "rle": (["dcmcrle"], "1.2.840.10008.1.2.5", "-xr"),
+    "deflated": (["dcmconv", "+td"], "1.2.840.10008.1.2.1.99", "-xd"),
+}
+
+
+def test_compressed_transfer_syntaxes_are_received_and_screened(tmp_path):
+    """Units often send JPEG lossless; dcmtk compresses the same film every way; lossless means the
+    same pixels, so every copy must get exactly the uncompressed copy's score."""
+    plain = tmp_path / "unit" / "plain.dcm"
+    chest_dicom(plain, chest_images()[0], sop_class=DX)
+    files, propose = [plain], {plain: "-xe"}
+    for name, (tool, syntax, option) in COMPRESSORS.items():
+        target = tmp_path / "unit" / f"{name}.dcm"
+        subprocess.run([dcmtk(tool[0]), *tool[1:], str(plain), str(target)], check=True, capture_output=True)
+        # a distinct instance per copy, as a unit would send
+        ds = pydicom.dcmread(target)
+        assert ds.file_meta.TransferSyntaxUID == syntax
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(target)
+        files.append(target)
+        propose[target] = option
+    j2k = tmp_path / "unit" / "j2k.dcm"  # dcmtk has no JPEG 2000 encoder: pydicom's (OpenJPEG) writes it
+    ds = pydicom.dcmread(plain)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.compress(pydicom.uid.JPEG2000Lossless)
+    ds.save_as(j2k)
+    files.append(j2k)
+    propose[j2k] = "-xv"
+    log = tmp_path / "review.sqlite"
+    listener, port = start_listener(tmp_path, MODEL, "--quiet")
+    try:
+        for path in files:  # one association each, proposing the file's own transfer syntax
+            result = storescu(port, [path], propose[path], "-R")
+            assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        wait_for(lambda: len(screened(log)) == len(files), "every copy screened", listener)
+    finally:
+        assert stop(listener) == 0
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                for p in (tmp_path / "store" / "screened").glob("*.dcm")}
+    assert {syntax for _, syntax, _ in COMPRESSORS.values()} | {pydicom.uid.JPEG2000Lossless} <= received
+    scores = {round(e["abnormality"], 6) for e in screened(log)}
+    assert len(scores) == 1

@@ -10,6 +10,7 @@ worker runs the model once more on the stored original (the logged scores are wh
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -46,6 +47,14 @@ def parse_destination(text: str) -> Destination:
     return Destination(ae, host.strip("[]"), int(port))
 
 
+def _lower_priority() -> None:
+    """Linux schedules threads as tasks: give this one a lower CPU priority than the screener."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
+    except (AttributeError, OSError):  # not Linux, or not permitted: same priority, still correct
+        pass
+
+
 def say(line: str) -> None:
     sys.stderr.write(f"cxr-edge forward: {line}\n")
     sys.stderr.flush()
@@ -54,11 +63,12 @@ def say(line: str) -> None:
 class Forwarder(threading.Thread):
     def __init__(self, log_path: Path, destination: Destination, model_path: Path, *, calling_ae: str = "CXREDGE",
                  first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY,
-                 poll: float = 1.0, timeout: float = 30.0):
+                 poll: float = 1.0, timeout: float = 30.0, busy=None):
         super().__init__(name="cxr-edge-forward", daemon=True)
         self.log_path, self.destination, self.model_path = log_path, destination, model_path
         self.calling_ae, self.first_delay, self.max_delay = calling_ae, first_delay, max_delay
         self.poll, self.timeout = poll, timeout
+        self.busy = busy  # () -> True while exams wait to be screened: building waits, screening goes first
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.model = None
@@ -74,6 +84,7 @@ class Forwarder(threading.Thread):
         self.join(timeout=self.timeout + 5)
 
     def run(self) -> None:
+        _lower_priority()
         log = ReviewLog(self.log_path)
         try:
             while not self.stop_event.is_set():
@@ -89,6 +100,8 @@ class Forwarder(threading.Thread):
 
     # -- building
     def _build_some(self, log: ReviewLog) -> int:
+        if self.busy is not None and self.busy():
+            return 0
         done = 0
         for exam in outbox.exams_to_build(log, str(self.destination), self.first_id):
             if self.stop_event.is_set():
@@ -111,6 +124,8 @@ class Forwarder(threading.Thread):
             outbox.enqueue(log, exam["id"], str(self.destination), objects)
             self.missing.pop(exam["id"], None)
             done += 1
+            if self.busy is not None and self.busy():
+                break
         return done
 
     def _build(self, source: Path, exam: dict) -> list:

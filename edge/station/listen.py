@@ -12,6 +12,7 @@ Three parts, one process:
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,18 +49,26 @@ def _line(prefix: str):
 
 @contextmanager
 def forwarding(destination: Destination | None, log: Path, model: TFLiteModel, *, calling_ae: str = "CXREDGE",
-               first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY):
+               first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY, busy=None):
     """Run the outbox worker for the duration of the block (nothing when destination is None)."""
     if destination is None:
         yield None
         return
     worker = Forwarder(log, destination, model.path, calling_ae=calling_ae, first_delay=first_delay,
-                       max_delay=max_delay)
+                       max_delay=max_delay, busy=busy)
     worker.start()
     try:
         yield worker
     finally:
         worker.stop()
+
+
+def _waiting(incoming: Path) -> bool:
+    """Received exams not screened yet (screened ones are moved out of incoming/)."""
+    try:
+        return any(entry.name.endswith(".dcm") and not entry.name.startswith(".") for entry in os.scandir(incoming))
+    except OSError:
+        return False
 
 
 def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
@@ -79,7 +88,8 @@ def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
     say = (lambda line: None) if options.quiet else _line("listen")
     receiver = Receiver(options.receiver, say=say, warn=_line("listen"))
     with forwarding(options.forward, options.log, model, calling_ae=options.receiver.ae_title,
-                    first_delay=options.forward_first_delay, max_delay=options.forward_max_delay):
+                    first_delay=options.forward_first_delay, max_delay=options.forward_max_delay,
+                    busy=lambda: _waiting(incoming)):
         try:
             receiver.start()
         except OSError as exc:
