@@ -241,7 +241,8 @@ def watch(
     from .station.forwarder import parse_destination
     from .station.listen import forwarding
 
-    with forwarding(parse_destination(forward) if forward else None, options.log, tflite):
+    with forwarding(parse_destination(forward) if forward else None, options.log, tflite,
+                    moved=(options.folder, options.move_done) if options.move_done else None):
         raise typer.Exit(run_watch(options, tflite))
 
 

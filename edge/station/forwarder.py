@@ -10,6 +10,7 @@ worker runs the model once more on the stored original (the logged scores are wh
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -24,6 +25,7 @@ from ..review_log import ReviewLog, decode_row
 from . import outbox
 
 WARNING_STATUSES = (0xB000, 0xB006, 0xB007)  # stored, with a coercion or element note: still delivered
+ERROR_PAUSE = 30.0
 MISSING_PASSES = 5  # passes a source file may be missing (being moved) before its build is marked failed
 
 
@@ -63,14 +65,14 @@ def say(line: str) -> None:
 class Forwarder(threading.Thread):
     def __init__(self, log_path: Path, destination: Destination, model_path: Path, *, calling_ae: str = "CXREDGE",
                  first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY,
-                 poll: float = 1.0, timeout: float = 30.0, busy=None):
+                 poll: float = 1.0, timeout: float = 30.0, busy=None, moved: tuple[Path, Path] | None = None):
         super().__init__(name="cxr-edge-forward", daemon=True)
         self.log_path, self.destination, self.model_path = log_path, destination, model_path
         self.calling_ae, self.first_delay, self.max_delay = calling_ae, first_delay, max_delay
         self.poll, self.timeout = poll, timeout
         self.busy = busy  # () -> True while exams wait to be screened: building waits, screening goes first
+        self.moved = moved  # (watched folder, --move-done folder): where a screened original may have gone
         self.stop_event = threading.Event()
-        self.error: BaseException | None = None
         self.model = None
         self.missing: dict[int, int] = {}
         log = outbox.open_outbox(ReviewLog(log_path))
@@ -88,13 +90,15 @@ class Forwarder(threading.Thread):
         log = ReviewLog(self.log_path)
         try:
             while not self.stop_event.is_set():
-                built = self._build_some(log)
-                sent = self._send_due(log)
+                try:
+                    built = self._build_some(log)
+                    sent = self._send_due(log)
+                except Exception as exc:  # e.g. the log is locked or the disk full: everything stays queued
+                    say(f"error ({type(exc).__name__}: {exc}); trying again in {ERROR_PAUSE:.0f} s")
+                    self.stop_event.wait(ERROR_PAUSE)
+                    continue
                 if not built and not sent:
                     self.stop_event.wait(self.poll)
-        except BaseException as exc:  # reported by the owner; the outbox keeps everything for a restart
-            self.error = exc
-            say(f"stopped: {exc}")
         finally:
             log.close()
 
@@ -107,7 +111,7 @@ class Forwarder(threading.Thread):
             if self.stop_event.is_set():
                 break
             exam = decode_row(exam) | {"moved_to": exam.get("moved_to")}
-            source = next((Path(p) for p in (exam["moved_to"], exam["file"]) if p and Path(p).is_file()), None)
+            source = next((p for p in self._locations(exam) if p.is_file()), None)
             if source is None:
                 self.missing[exam["id"]] = self.missing.get(exam["id"], 0) + 1
                 if self.missing[exam["id"]] >= MISSING_PASSES:
@@ -121,12 +125,31 @@ class Forwarder(threading.Thread):
                 outbox.record_build_failure(log, exam["id"], str(self.destination), str(exc))
                 say(f"exam {exam['id']}: results not built: {exc}")
                 continue
+            except Exception as exc:  # a bug on one exam must not block the ones after it
+                logging.getLogger("cxr-edge.forward").exception("building results of exam %s", exam["id"])
+                outbox.record_build_failure(log, exam["id"], str(self.destination),
+                                            f"unexpected error ({type(exc).__name__}: {exc}); please report this "
+                                            "as a cxr-edge bug")
+                say(f"exam {exam['id']}: results not built: unexpected {type(exc).__name__}: {exc}")
+                continue
             outbox.enqueue(log, exam["id"], str(self.destination), objects)
             self.missing.pop(exam["id"], None)
             done += 1
             if self.busy is not None and self.busy():
                 break
         return done
+
+    def _locations(self, exam: dict) -> list[Path]:
+        """Where the original is: its recorded destination, its name, or (a crash between the move and
+        its note in the log) the same relative path under the --move-done folder."""
+        places = [Path(p) for p in (exam["moved_to"], exam["file"]) if p]
+        if self.moved is not None:
+            folder, done = self.moved
+            try:
+                places.append(done / Path(exam["file"]).relative_to(folder))
+            except ValueError:
+                pass
+        return places
 
     def _build(self, source: Path, exam: dict) -> list:
         import pydicom
@@ -189,7 +212,13 @@ class Forwarder(threading.Thread):
             for item in items:
                 if self.stop_event.is_set() or not assoc.is_established:
                     break
-                status = assoc.send_c_store(datasets[item.id])
+                try:
+                    status = assoc.send_c_store(datasets[item.id])
+                except (ValueError, RuntimeError) as exc:  # e.g. the PACS accepted no context for this class
+                    new = outbox.mark_unsent(log, item, f"not sendable to {d}: {exc}", refused=True,
+                                             first=self.first_delay, cap=self.max_delay)
+                    say(f"exam {item.exam_id} {item.kind.upper()}: {exc}; {new}")
+                    continue
                 code = status.get("Status") if status else None
                 if code == 0 or code in WARNING_STATUSES:
                     outbox.mark_sent(log, item)

@@ -49,13 +49,14 @@ def _line(prefix: str):
 
 @contextmanager
 def forwarding(destination: Destination | None, log: Path, model: TFLiteModel, *, calling_ae: str = "CXREDGE",
-               first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY, busy=None):
+               first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY, busy=None,
+               moved: tuple[Path, Path] | None = None):
     """Run the outbox worker for the duration of the block (nothing when destination is None)."""
     if destination is None:
         yield None
         return
     worker = Forwarder(log, destination, model.path, calling_ae=calling_ae, first_delay=first_delay,
-                       max_delay=max_delay, busy=busy)
+                       max_delay=max_delay, busy=busy, moved=moved)
     worker.start()
     try:
         yield worker
@@ -89,7 +90,7 @@ def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
     receiver = Receiver(options.receiver, say=say, warn=_line("listen"))
     with forwarding(options.forward, options.log, model, calling_ae=options.receiver.ae_title,
                     first_delay=options.forward_first_delay, max_delay=options.forward_max_delay,
-                    busy=lambda: _waiting(incoming)):
+                    busy=lambda: _waiting(incoming), moved=(incoming, store / "screened")):
         try:
             receiver.start()
         except OSError as exc:
