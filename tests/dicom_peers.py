@@ -8,10 +8,8 @@ import json
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,9 +20,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "models" / "samples"
-MINI = ROOT / "tests" / "data" / "cxr-mini"
+from test_watch import MINI, ROOT, SAMPLES, rows, stop, wait_for  # noqa: F401  (re-exported for the tests)
+
 ORTHANC = "/usr/sbin/Orthanc"
 DEADLINE = 120.0  # seconds; generous for a loaded 2-core CI machine
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
@@ -50,18 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, what: str, process: subprocess.Popen | None = None, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"process {process.args[:4]} exited with {process.returncode} while waiting for {what}")
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def chest_dicom(path: Path, source: Path, *, sop_class: str = CR, study_uid: str | None = None,
@@ -178,22 +163,3 @@ def storescu(port: int, files: list[Path], *options: str, calling: str = "UNIT1"
     return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", called, "-to", "60", "-ta", "60", *options,
                            "127.0.0.1", str(port), *map(str, files)], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def rows(log: Path, sql: str) -> list[dict]:
-    if not log.exists():
-        return []
-    db = sqlite3.connect(f"file:{log}?mode=ro", uri=True, timeout=30)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql)]
-    except sqlite3.OperationalError:  # schema not created yet
-        return []
-    finally:
-        db.close()
-
-
-def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> int:
-    if process.poll() is None:
-        process.send_signal(sig)
-    return process.wait(timeout=60)

@@ -133,6 +133,9 @@ def test_calling_ae_not_on_the_list_is_refused(tmp_path):
         echo = subprocess.run([dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "CXREDGE", "127.0.0.1", str(port)],
                               capture_output=True, text=True)
         assert echo.returncode != 0 and "reject" in (echo.stdout + echo.stderr).lower()
+        wrong = subprocess.run([dcmtk("echoscu"), "-aet", "UNIT1", "-aec", "OTHERNODE", "127.0.0.1", str(port)],
+                               capture_output=True, text=True)
+        assert wrong.returncode != 0  # a unit configured with the wrong AE title for the station
         refused = storescu(port, [unit], calling="INTRUDER")
         assert refused.returncode != 0 and "reject" in (refused.stdout + refused.stderr).lower()
         accepted = storescu(port, [unit], calling="UNIT2")

@@ -158,12 +158,7 @@ def mark_unsent(log: ReviewLog, item: Item, error: str, *, refused: bool, first:
 
 def listing(log: ReviewLog, status: str | None = None) -> list[dict]:
     where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-    try:
-        rows = log.db.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM outbox {where} ORDER BY id", params).fetchall()
-    except sqlite3.Error as exc:
-        raise CxrError(f"{log.path}: cannot read the outbox ({exc})", code=ExitCode.STORAGE,
-                       reason="log_unreadable") from None
-    return [dict(r) for r in rows]
+    return [dict(r) for r in log._read(f"SELECT {', '.join(LIST_COLUMNS)} FROM outbox {where} ORDER BY id", params)]
 
 
 def retry_now(log: ReviewLog, ids: list[int] | None = None) -> int:

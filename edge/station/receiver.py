@@ -101,6 +101,7 @@ class Receiver:
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification)
+        ae.require_called_aet = True  # a unit configured with another AE title fails its "Verify" at once
         if self.options.allow_ae:
             ae.require_calling_aet = list(self.options.allow_ae)
         ae.maximum_associations = 8
@@ -126,9 +127,11 @@ class Receiver:
         return SUCCESS
 
     def _on_rejected(self, event) -> None:
-        calling = event.assoc.requestor.ae_title
-        self.warn(f"association from {calling!r} ({event.assoc.requestor.address}) refused: calling AE title "
-                  f"not in --allow-ae")
+        requestor = event.assoc.requestor
+        allowed = self.options.allow_ae
+        reason = ("calling AE title not in --allow-ae" if allowed and requestor.ae_title not in allowed else
+                  f"it did not call this node's AE title {self.options.ae_title} (check the unit's destination)")
+        self.warn(f"association from {requestor.ae_title!r} ({requestor.address}) refused: {reason}")
 
     def _on_store(self, event) -> int:
         calling = event.assoc.requestor.ae_title
