@@ -238,8 +238,7 @@ def watch(
         poll_interval=poll_interval, settle=settle, retries=retries, retry_delay=retry_delay, rescan=rescan,
         queue_size=queue_size, move_done=absolute(move_done), move_failed=absolute(move_failed),
         log_file=log_file, allow_any_view=any_view, once=once)
-    from .station.forwarder import parse_destination
-    from .station.listen import forwarding
+    from .station.forwarder import forwarding, parse_destination
 
     with forwarding(parse_destination(forward) if forward else None, options.log, tflite,
                     moved=(options.folder, options.move_done) if options.move_done else None):

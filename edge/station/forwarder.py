@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from contextlib import contextmanager
 import time
 import warnings
 from dataclasses import dataclass
@@ -233,3 +234,20 @@ class Forwarder(threading.Thread):
             if assoc.is_established:
                 assoc.release()
         return sent
+
+
+@contextmanager
+def forwarding(destination: Destination | None, log: Path, model, *, calling_ae: str = "CXREDGE",
+               first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY, busy=None,
+               moved: tuple[Path, Path] | None = None):
+    """Run the outbox worker for the duration of the block (nothing when destination is None)."""
+    if destination is None:
+        yield None
+        return
+    worker = Forwarder(log, destination, model.path, calling_ae=calling_ae, first_delay=first_delay,
+                       max_delay=max_delay, busy=busy, moved=moved)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()

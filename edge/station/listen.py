@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ..errors import CxrError, ExitCode
 from ..runtime import TFLiteModel
 from ..watch import WatchOptions, run_watch
 from . import outbox
-from .forwarder import Destination, Forwarder
+from .forwarder import Destination, forwarding
 from .receiver import Receiver, ReceiverOptions
 
 
@@ -45,23 +44,6 @@ def _line(prefix: str):
         sys.stderr.write(f"cxr-edge {prefix}: {line}\n")
         sys.stderr.flush()
     return write
-
-
-@contextmanager
-def forwarding(destination: Destination | None, log: Path, model: TFLiteModel, *, calling_ae: str = "CXREDGE",
-               first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY, busy=None,
-               moved: tuple[Path, Path] | None = None):
-    """Run the outbox worker for the duration of the block (nothing when destination is None)."""
-    if destination is None:
-        yield None
-        return
-    worker = Forwarder(log, destination, model.path, calling_ae=calling_ae, first_delay=first_delay,
-                       max_delay=max_delay, busy=busy, moved=moved)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
 
 
 def _waiting(incoming: Path) -> bool:
