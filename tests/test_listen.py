@@ -331,3 +331,22 @@ def test_compressed_transfer_syntaxes_are_received_and_screened(tmp_path):
     assert {syntax for _, syntax, _ in COMPRESSORS.values()} | {pydicom.uid.JPEG2000Lossless} <= received
     scores = {round(e["abnormality"], 6) for e in screened(log)}
     assert len(scores) == 1
+
+
+def test_a_resent_uid_with_other_pixels_never_replaces_the_first(tmp_path):
+    """Same SOP Instance UID, different bytes, in one association: both are kept and screened."""
+    uid = pydicom.uid.generate_uid()
+    first, second = tmp_path / "unit" / "a.dcm", tmp_path / "unit" / "b.dcm"
+    chest_dicom(first, chest_images()[0], sop_uid=uid)
+    chest_dicom(second, chest_images()[-1], sop_uid=uid)
+    log = tmp_path / "review.sqlite"
+    listener, port = start_listener(tmp_path, MODEL, "--quiet")
+    try:
+        assert storescu(port, [first, second, first]).returncode == 0
+        wait_for(lambda: len(screened(log)) == 2, "both versions screened", listener)
+        wait_for(lambda: not any((tmp_path / "store" / "incoming").glob("*.dcm")), "the store to settle", listener)
+    finally:
+        assert stop(listener) == 0
+    assert {e["sha256"] for e in screened(log)} == {hashlib.sha256(p.read_bytes()).hexdigest()
+                                                    for p in (tmp_path / "store" / "screened").glob("*.dcm")}
+    assert len(rows(log, "SELECT * FROM exams")) == 2

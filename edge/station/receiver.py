@@ -64,18 +64,35 @@ def received_name(sop_instance_uid: str) -> str:
 
 
 def write_durably(folder: Path, name: str, data: bytes) -> Path:
-    """Temporary hidden name (the watcher ignores it), fsync, rename, fsync the folder."""
+    """Temporary hidden name (the watcher ignores it), fsync, then linked to its final name, fsync the folder.
+
+    Never replaces a file: the same instance re-sent while its first copy still waits is kept once
+    (same bytes), and different bytes under the same SOP Instance UID get a numbered name, so both
+    are screened and nothing received is lost."""
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        final = folder / name
-        os.replace(tmp, final)
-    except BaseException:
+        stem, suffix = os.path.splitext(name)
+        for n in range(10000):
+            final = folder / (name if n == 0 else f"{stem}-{n}{suffix}")
+            try:
+                os.link(tmp, final)  # atomic, and fails rather than overwrite
+            except FileExistsError:
+                if final.stat().st_size == len(data) and final.read_bytes() == data:
+                    break
+                continue
+            except OSError:  # a filesystem without hard links
+                if final.exists():
+                    continue
+                os.replace(tmp, final)
+            break
+        else:
+            raise OSError(f"no free name for {name} in {folder}")
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     _fsync_folder(folder)
     return final
 
