@@ -93,7 +93,7 @@ def chest_images() -> list[Path]:
 class Orthanc:
     """A real Orthanc PACS on loopback ports, its own storage; stop() and start() keep the storage."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC"):
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", **settings):
         require_orthanc()
         self.workdir, self.aet = workdir, aet
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -105,7 +105,12 @@ class Orthanc:
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "StorageCompression": False,
             "OverwriteInstances": False, "SaveJobs": False, "HttpDescribeErrors": True,
         }))
+        self.configure(**settings)
         self.process: subprocess.Popen | None = None
+
+    def configure(self, **settings) -> None:
+        """Change Orthanc configuration keys (takes effect at the next start)."""
+        self.config.write_text(json.dumps(json.loads(self.config.read_text()) | settings))
 
     @property
     def destination(self) -> str:

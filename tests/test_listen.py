@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_peers import (CR, DX, ROOT, Orthanc, chest_dicom, chest_images, dcmtk, rows, start_listener, stop,
+from dicom_peers import (DX, ROOT, Orthanc, chest_dicom, chest_images, dcmtk, rows, start_listener, stop,
                          storescu, wait_for)
 
 MODEL = ROOT / "models" / "cxr-default.tflite"  # has a 'cam' output: the Secondary Capture gets a heatmap
@@ -241,7 +241,7 @@ def test_orthanc_down_mid_burst_everything_arrives_once(tmp_path):
         wait_for(lambda: len(outbox(log)) == 2 * len(files), "every result built while the PACS is down", listener)
         wait_for(lambda: all(o["attempts"] >= 1 for o in outbox(log, "pending")) and outbox(log, "pending"),
                  "sends to fail while Orthanc is down", listener)
-        assert all("unreachable" in o["last_error"] or "connection" in o["last_error"]
+        assert all(any(word in o["last_error"] for word in ("unreachable", "connection", "rejected"))
                    for o in outbox(log, "pending"))
         assert stop(listener) == 0  # the station restarts too: the outbox survives
         listing = subprocess.run([sys.executable, "-m", "edge.cli", "outbox", "list", "--json", "--log", str(log)],
@@ -350,3 +350,39 @@ def test_a_resent_uid_with_other_pixels_never_replaces_the_first(tmp_path):
     assert {e["sha256"] for e in screened(log)} == {hashlib.sha256(p.read_bytes()).hexdigest()
                                                     for p in (tmp_path / "store" / "screened").glob("*.dcm")}
     assert len(rows(log, "SELECT * FROM exams")) == 2
+
+
+def test_pacs_refusals_fail_after_retries_and_jpeg_falls_back_to_uncompressed(tmp_path):
+    """A real Orthanc that takes no JPEG transfer syntax and only 1 MB of storage: the Secondary Capture
+    is offered decompressed (3 MB), refused with 0xA700 until it is marked failed, the SR arrives; once
+    the PACS has room, `cxr-edge outbox retry` delivers the SC, decompressed."""
+    (tmp_path / "pacs").mkdir()
+    orthanc = Orthanc(tmp_path / "pacs", JpegTransferSyntaxAccepted=False, MaximumStorageSize=1).start()
+    unit = tmp_path / "unit" / "cr.dcm"
+    source = chest_dicom(unit, chest_images()[0], size=1200)
+    log = tmp_path / "review.sqlite"
+    listener, port = start_listener(tmp_path, MODEL, "--forward", orthanc.destination, *FAST_RETRY)
+    try:
+        assert storescu(port, [unit]).returncode == 0
+        wait_for(lambda: outbox(log, "failed") and outbox(log, "sent"), "the SR sent and the SC failed", listener)
+        failed = subprocess.run([sys.executable, "-m", "edge.cli", "outbox", "list", "--status", "failed", "--json",
+                                 "--log", str(log)], capture_output=True, text=True, cwd=ROOT, check=True)
+        [row] = [json.loads(line) for line in failed.stdout.splitlines()]
+        assert row["kind"] == "sc" and row["attempts"] == 5 and "PACS answered 0xA700" in row["last_error"]
+        assert [i["Modality"] for i in orthanc.instances()] == ["SR"]
+        orthanc.stop()
+        orthanc.configure(MaximumStorageSize=0)  # the PACS gets room
+        orthanc.start()
+        retried = subprocess.run([sys.executable, "-m", "edge.cli", "outbox", "retry", str(row["id"]), "--log",
+                                  str(log)], capture_output=True, text=True, cwd=ROOT, check=True)
+        assert retried.stdout.startswith("1 object")
+        wait_for(lambda: len(outbox(log, "sent")) == 2, "the SC delivered after the retry", listener)
+    finally:
+        stop(listener)
+        instances = orthanc.instances() if orthanc.process else []
+        syntaxes = [urlopen_bytes(orthanc, f"/instances/{i['_id']}/metadata/TransferSyntax").decode()
+                    for i in instances if i["Modality"] == "OT"] if orthanc.process else []
+        orthanc.stop()
+    assert sorted(i["Modality"] for i in instances) == ["OT", "SR"]
+    assert {i["StudyInstanceUID"] for i in instances} == {source.StudyInstanceUID}
+    assert syntaxes == ["1.2.840.10008.1.2.1"]  # decompressed for a PACS without JPEG

@@ -14,9 +14,8 @@ import logging
 import os
 import sys
 import threading
-from contextlib import contextmanager
-import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -25,7 +24,6 @@ from ..errors import CxrError, ExitCode
 from ..review_log import ReviewLog, decode_row
 from . import outbox
 
-WARNING_STATUSES = (0xB000, 0xB006, 0xB007)  # stored, with a coercion or element note: still delivered
 ERROR_PAUSE = 30.0
 MISSING_PASSES = 5  # passes a source file may be missing (being moved) before its build is marked failed
 
@@ -189,51 +187,10 @@ class Forwarder(threading.Thread):
         items = outbox.due(log, str(self.destination))
         if not items:
             return 0
-        from pydicom import dcmread
-        from pynetdicom import AE
+        from .sender import deliver
 
-        datasets = {item.id: dcmread(BytesIO(item.dataset)) for item in items}
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        ae.connection_timeout = min(self.timeout, 10)
-        for context in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}:
-            ae.add_requested_context(*context)
-        d = self.destination
-        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
-        if not assoc.is_established:
-            reason = "association rejected" if assoc.is_rejected else "PACS unreachable"
-            for item in items:
-                outbox.mark_unsent(log, item, f"{reason} ({d})", refused=assoc.is_rejected,
-                                   first=self.first_delay, cap=self.max_delay)
-            say(f"{reason} ({d}); {len(items)} object(s) stay in the outbox, next try in "
-                f"{outbox.backoff(items[0].attempts + 1, self.first_delay, self.max_delay):.0f} s")
-            return 0
-        sent = 0
-        try:
-            for item in items:
-                if self.stop_event.is_set() or not assoc.is_established:
-                    break
-                try:
-                    status = assoc.send_c_store(datasets[item.id])
-                except (ValueError, RuntimeError) as exc:  # e.g. the PACS accepted no context for this class
-                    new = outbox.mark_unsent(log, item, f"not sendable to {d}: {exc}", refused=True,
-                                             first=self.first_delay, cap=self.max_delay)
-                    say(f"exam {item.exam_id} {item.kind.upper()}: {exc}; {new}")
-                    continue
-                code = status.get("Status") if status else None
-                if code == 0 or code in WARNING_STATUSES:
-                    outbox.mark_sent(log, item)
-                    sent += 1
-                    say(f"sent exam {item.exam_id} {item.kind.upper()} {item.sop_instance_uid} to {d}")
-                else:
-                    error = f"PACS answered 0x{code:04X}" if code is not None else "no answer (connection lost)"
-                    new = outbox.mark_unsent(log, item, error, refused=code is not None, first=self.first_delay,
-                                             cap=self.max_delay)
-                    say(f"exam {item.exam_id} {item.kind.upper()}: {error}; {new}")
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        return sent
+        return deliver(log, items, self.destination, calling_ae=self.calling_ae, timeout=self.timeout,
+                       first_delay=self.first_delay, max_delay=self.max_delay, stop=self.stop_event, say=say)
 
 
 @contextmanager
