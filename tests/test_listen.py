@@ -107,6 +107,7 @@ def test_results_reach_the_pacs_in_the_original_study(tmp_path, pacs):
                              and i.ConceptNameCodeSequence[0].CodeValue == "111002")  # algorithm parameters
         assert exam["model_sha256"] in algorithm
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"  # JPEG baseline, as built
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert "not for diagnostic use" in sc.ImageComments and exam["model_sha256"] in sc.ImageComments
         assert "heatmap: evidence" in sc.DerivationDescription  # the bundled model has a cam output
@@ -386,3 +387,4 @@ def test_pacs_refusals_fail_after_retries_and_jpeg_falls_back_to_uncompressed(tm
     assert sorted(i["Modality"] for i in instances) == ["OT", "SR"]
     assert {i["StudyInstanceUID"] for i in instances} == {source.StudyInstanceUID}
     assert syntaxes == ["1.2.840.10008.1.2.1"]  # decompressed for a PACS without JPEG
+    assert {i["SOPInstanceUID"] for i in instances} == {o["sop_instance_uid"] for o in outbox(log)}  # same UIDs

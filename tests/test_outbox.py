@@ -85,7 +85,7 @@ def test_build_failures_are_listed_and_rebuilt_on_retry(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["PACS", "PACS@host", "@host:104", "PACS@host:0", "PACS@host:x",
-                                  "A_VERY_LONG_AE_TITLE@host:104"])
+                                  "A_VERY_LONG_AE_TITLE@host:104", "A\\B@host:104", "  @host:104"])
 def test_bad_destinations_are_one_line_errors(text):
     with pytest.raises(CxrError, match="expected AE@host:port"):
         parse_destination(text)
@@ -100,6 +100,8 @@ def test_cli_outbox_and_listen_errors_are_one_line(tmp_path):
     assert missing.returncode == 5 and "no review log here" in missing.stderr
     bad = run("listen", "--forward", "PACS", "--log", str(tmp_path / "r.sqlite"))
     assert bad.returncode == 2 and "expected AE@host:port" in bad.stderr and "Traceback" not in bad.stderr
+    bad_ae = run("listen", "--ae-title", "THIS_IS_TOO_LONG_", "--log", str(tmp_path / "r.sqlite"))
+    assert bad_ae.returncode == 2 and "1 to 16 printable ASCII" in bad_ae.stderr
     ReviewLog(tmp_path / "r.sqlite").close()
     empty = run("outbox", "list", "--log", str(tmp_path / "r.sqlite"))
     assert empty.returncode == 0 and "0 pending, 0 sent, 0 failed" in empty.stdout

@@ -48,15 +48,14 @@ def register(app: typer.Typer, *, model_option, log_option, threshold_option, de
         from ..calibration import resolve_threshold
         from ..cli import load_model, log_path
         from ..paths import data_home
-        from .forwarder import parse_destination
+        from .forwarder import parse_destination, valid_ae_title
         from .listen import ListenOptions, run_listen
         from .receiver import ReceiverOptions
 
-        if not 0 < len(ae_title) <= 16:
-            raise CxrError(f"--ae-title {ae_title!r}: 1 to 16 characters", code=ExitCode.USAGE, reason="bad_option")
-        for name in allow_ae or []:
-            if not 0 < len(name) <= 16:
-                raise CxrError(f"--allow-ae {name!r}: 1 to 16 characters", code=ExitCode.USAGE, reason="bad_option")
+        for option, name in [("--ae-title", ae_title)] + [("--allow-ae", n) for n in allow_ae or []]:
+            if not valid_ae_title(name):
+                raise CxrError(f"{option} {name!r}: an AE title is 1 to 16 printable ASCII characters",
+                               code=ExitCode.USAGE, reason="bad_option")
         destination = parse_destination(forward) if forward else None
         tflite = load_model(model, delegate, threads)
         cutoff, source = resolve_threshold(tflite, threshold)

@@ -38,13 +38,18 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def valid_ae_title(name: str) -> bool:
+    """DICOM AE titles: 1 to 16 printable ASCII characters, no backslash, not only spaces."""
+    return 0 < len(name) <= 16 and name.strip() != "" and all(" " <= c <= "~" and c != "\\" for c in name)
+
+
 def parse_destination(text: str) -> Destination:
     """AE@host:port -> Destination; a CxrError naming the expected form otherwise."""
     ae, at, rest = text.partition("@")
     host, colon, port = rest.rpartition(":")
-    if not (at and colon and ae and host and port.isdigit() and 0 < int(port) < 65536 and len(ae) <= 16):
-        raise CxrError(f"--forward {text!r}: expected AE@host:port, e.g. PACS@10.0.0.5:104 (AE title at most "
-                       "16 characters)", code=ExitCode.USAGE, reason="bad_option")
+    if not (at and colon and host and port.isdigit() and 0 < int(port) < 65536 and valid_ae_title(ae)):
+        raise CxrError(f"--forward {text!r}: expected AE@host:port, e.g. PACS@10.0.0.5:104 (AE title: 1 to 16 "
+                       "printable ASCII characters)", code=ExitCode.USAGE, reason="bad_option")
     return Destination(ae, host.strip("[]"), int(port))
 
 

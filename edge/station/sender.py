@@ -34,7 +34,8 @@ def _sendable(ds, accepted: dict[str, set[str]]):
     if str(ds.file_meta.TransferSyntaxUID) in syntaxes:
         return ds
     if ExplicitVRLittleEndian in syntaxes and ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()  # pydicom: pixel data decoded, transfer syntax explicit VR little endian
+        # Same picture, other encoding: the SOP Instance UID stays, so a PACS still dedupes a re-send.
+        ds.decompress(generate_instance_uid=False)
         return ds
     return None
 
@@ -46,9 +47,10 @@ def deliver(log: ReviewLog, items: list[outbox.Item], destination, *, calling_ae
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = min(timeout, 10)
-    for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
-                              for ds in datasets.values()}:
-        ae.add_requested_context(sop_class, list(dict.fromkeys([syntax, ExplicitVRLittleEndian])))
+    offers = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()}
+    offers |= {(sop_class, ExplicitVRLittleEndian) for sop_class, _ in offers}
+    for sop_class, syntax in sorted(offers):  # one context each, so the PACS can accept the compressed one
+        ae.add_requested_context(sop_class, [syntax])
     d = destination
     assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
     if not assoc.is_established:
