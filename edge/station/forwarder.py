@@ -158,9 +158,8 @@ class Forwarder(threading.Thread):
     def _build(self, source: Path, exam: dict) -> list:
         import pydicom
 
-        from ..decode import load_image
-        from ..preprocess import preprocess
         from ..runtime import TFLiteModel
+        from ..screening import screen_file
         from .results import banner_text, build_sc, build_sr, overlay_picture
 
         if self.model is None:
@@ -169,8 +168,13 @@ class Forwarder(threading.Thread):
             raise CxrError(f"exam {exam['id']} was screened by model sha256 {exam['model_sha256'][:12]}, not by "
                            f"the running model {self.model.sha256[:12]}; results not built", reason="model_changed")
         meta = self.model.metadata
-        image = load_image(source, allow_any_view=True)  # it was screened already: the checks passed then
-        prediction = self.model.predict(preprocess(image.pixels, meta.preprocessing))
+        # The screening path once more, keeping the decoded film and the model's outputs (its checks passed
+        # when the exam was screened, hence allow_any_view); the SR reports the logged scores.
+        again = screen_file(source, self.model, exam["threshold"], allow_any_view=True,
+                            on_screened=lambda image, tensor, prediction, decision, metadata: (image, prediction))
+        if not again.ok or again.review_images is None:
+            raise CxrError(f"{source}: cannot be read again ({again.reason})", reason="unreadable")
+        image, prediction = again.review_images
         try:
             dataset = pydicom.dcmread(BytesIO(source.read_bytes()), stop_before_pixels=True)
         except Exception as exc:

@@ -23,7 +23,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from .. import __version__
-from ..review_images import HEATMAP_ALPHA, abnormal_map
+from ..review.images import HEATMAP_MAX_ALPHA, abnormal_map, onto_film
 
 NOTICE = "screening aid, not for diagnostic use"
 MANUFACTURER = "cxr-edge"
@@ -103,8 +103,10 @@ def overlay_picture(pixels: np.ndarray, cam: np.ndarray | None, classes_probabil
                     normal_index: int, spec, banner: list[str]) -> tuple[np.ndarray, str]:
     """(RGB uint8 picture of the film with the heatmap and a banner, a note on the heatmap).
 
-    pixels: the decoded film in [0, 1]; cam: the model's class activation maps on its input grid;
-    spec: the model's PreprocessSpec, to map the input grid back onto the film (stretch or letterbox)."""
+    pixels: the decoded film in [0, 1]; cam: the model's class activation maps on its input grid,
+    placed back onto the film by the review's own mapping (edge.review.images.onto_film: crop,
+    margin, stretch or letterbox, as the model's preprocessing did). Colour where there is evidence,
+    the film untouched where there is none."""
     h, w = pixels.shape
     scale = min(1.0, SC_MAX_SIDE / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -112,16 +114,11 @@ def overlay_picture(pixels: np.ndarray, cam: np.ndarray | None, classes_probabil
     picture = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     heat = None if cam is None else abnormal_map(cam, classes_probabilities, normal_index)
     if heat is not None:
-        heat = cv2.resize(heat, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
-        if spec.resize == "letterbox":  # keep only the part of the input grid the film occupies
-            fit = min(spec.height / h, spec.width / w)
-            new_h, new_w = max(1, round(h * fit)), max(1, round(w * fit))
-            top, left = (spec.height - new_h) // 2, (spec.width - new_w) // 2
-            heat = heat[top:top + new_h, left:left + new_w]
-        heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
-        colour = cv2.applyColorMap(np.clip(heat * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-        picture = cv2.addWeighted(picture, 1.0 - HEATMAP_ALPHA, colour, HEATMAP_ALPHA, 0.0)
-        note = "heatmap: evidence for the abnormal classes (class activation map)"
+        heat = cv2.resize(onto_film(heat, spec, pixels), size, interpolation=cv2.INTER_LINEAR)
+        colour = cv2.applyColorMap(np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        alpha = (np.clip(heat, 0.0, 1.0) * HEATMAP_MAX_ALPHA)[:, :, None]
+        picture = np.clip(picture * (1.0 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
+        note = "heatmap: evidence for the abnormal classes (class activation map), where the model looked"
     else:
         note = ("no heatmap: this model has no 'cam' output" if cam is None else
                 "no heatmap: the class activation maps show no evidence for an abnormal class")
