@@ -21,6 +21,8 @@ from .runtime import TFLiteModel
 from .review.images import review_images
 from .review.screen_log import earlier_result, json_record, marked, record_result
 from .screening import screen_file
+from .station import commands as station_commands
+from .station.commands import ForwardOption
 
 app = typer.Typer(
     help="Chest X-ray screening on small devices. A screening aid that refers images for a doctor's "
@@ -221,6 +223,7 @@ def watch(
     queue_size: int = typer.Option(32, "--queue-size", min=1, help="Files waiting to be screened at most; "
                                    "further files wait on disk."),
     once: bool = typer.Option(False, "--once", help="Process the files already there, then exit."),
+    forward: Optional[str] = ForwardOption,
     delegate: str = DelegateOption,
     threads: Optional[int] = ThreadsOption,
     any_view: bool = AnyViewOption,
@@ -235,8 +238,15 @@ def watch(
         poll_interval=poll_interval, settle=settle, retries=retries, retry_delay=retry_delay, rescan=rescan,
         queue_size=queue_size, move_done=absolute(move_done), move_failed=absolute(move_failed),
         log_file=log_file, allow_any_view=any_view, once=once)
-    raise typer.Exit(run_watch(options, tflite))
+    from .station.forwarder import forwarding, parse_destination
 
+    with forwarding(parse_destination(forward) if forward else None, options.log, tflite,
+                    moved=(options.folder, options.move_done) if options.move_done else None):
+        raise typer.Exit(run_watch(options, tflite))
+
+
+station_commands.register(app, model_option=ModelOption, log_option=LogOption, threshold_option=ThresholdOption,
+                          delegate_option=DelegateOption, threads_option=ThreadsOption)
 
 review_app = typer.Typer(help="Read the review log as a remote doctor: list, export a bundle, record verdicts.",
                          no_args_is_help=True)

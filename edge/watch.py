@@ -61,6 +61,7 @@ class WatchOptions:
     allow_any_view: bool = False
     once: bool = False  # process the backlog, then exit
     live: bool | None = None
+    source: str = SOURCE  # the review log's `source` column ("listen" for exams received over DICOM)
 
 
 def _read_hash(path: Path) -> tuple[str, int, int] | None:
@@ -125,7 +126,7 @@ class ExamProcessor:
 
     def _screened(self, path: Path, sha256: str, stat, result: ScreenResult):
         images = result.review_images  # film + heatmap, or None when the film could not be drawn
-        row = result.to_log_row(SOURCE)
+        row = result.to_log_row(self.options.source)
         exam_id = self.store.record_exam(row, sha256, stat, images)
         if exam_id is None:  # recorded meanwhile (cannot happen with one watcher per log, but be safe)
             return self._known(path, sha256, stat, self.store.known(sha256))
@@ -135,7 +136,7 @@ class ExamProcessor:
                 f"{path}", d.decision)
 
     def _quarantine(self, path: Path, sha256: str, stat, result: ScreenResult):
-        row = result.to_log_row(SOURCE)
+        row = result.to_log_row(self.options.source)
         row.update(status="quarantined", sha256=sha256)
         exam_id = self.store.record_exam(row, sha256, stat)
         if exam_id is None:
