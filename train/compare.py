@@ -36,7 +36,7 @@ def protocol(metrics: dict) -> dict:
     """What must be equal for two runs to be compared."""
     c = metrics["training"]["config"]
     return {
-        "data": sorted(str(Path(d).resolve()) for d in c["data"]),
+        "data": sorted(metrics["data"]["datasets"]),  # source names: paths differ between machines
         "split": {s: dict(sorted(v.items())) for s, v in metrics["data"]["splits"].items()},
         "classes": list(c["classes"]),
         "hold_out": sorted(c.get("hold_out") or []),
@@ -180,7 +180,7 @@ def render_markdown(result: dict) -> str:
                     _f(r["test_auc_per_ms"])])
         lines.append("| " + " | ".join(cells) + " |")
     p = result["protocol"]
-    notes = [f"Protocol: data {', '.join(p['data'])}; held out {', '.join(p['hold_out']) or 'nothing'}; input "
+    notes = [f"Protocol: sources {', '.join(p['data'])}; held out {', '.join(p['hold_out']) or 'nothing'}; input "
              f"{p['input_size']} px; budget {json.dumps(p['budget'])}."]
     if result["mixed_fields"]:
         notes.append(f"**Mixed protocols (--allow-mixed): {', '.join(result['mixed_fields'])} differ; the rows are "
