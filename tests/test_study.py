@@ -71,7 +71,8 @@ def test_study_trains_converts_times_and_compares(study):
         assert row["parameters"] == metrics["training"]["parameters"] > 0
         assert row["epochs_run"] == 1 == row["epochs_budget"]
         int8 = row["int8"]
-        assert int8["quantization"] == "int8" and int8["bytes"] == (out / row["preset"] / "model-int8.tflite").stat().st_size
+        assert int8["quantization"] == "int8"
+        assert int8["bytes"] == (out / row["preset"] / "model-int8.tflite").stat().st_size
         assert int8["latency_ms"] > 0 and int8["latency"]["runs"] == 5
         assert row["test_auc_per_ms"] == pytest.approx(row["test"]["auc"] / int8["latency_ms"])
         # a 4-abnormal / 2-normal validation split cannot choose a threshold: the run says so

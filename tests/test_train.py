@@ -180,7 +180,8 @@ def _own_splits_with_patient_across(root: Path) -> Path:
             (root / split / cls).mkdir(parents=True, exist_ok=True)
             for f in sorted((MINI / cls).glob("*.jpg"))[sl]:
                 shutil.copy(f, root / split / cls / f.name)
-    shutil.copy(sorted((MINI / "PNEUMONIA").glob("*.jpg"))[7], root / "test" / "PNEUMONIA" / "person1031_bacteria_1.jpg")
+    other = sorted((MINI / "PNEUMONIA").glob("*.jpg"))[7]
+    shutil.copy(other, root / "test" / "PNEUMONIA" / "person1031_bacteria_1.jpg")
     return root
 
 

@@ -187,8 +187,8 @@ def render_markdown(result: dict) -> str:
                      "not a fair comparison.**")
     lat = result["latency"]
     notes.append(f"AUC / sens / spec: screening (abnormal = not normal) at each run's validation threshold. Seen: "
-                 f"{result['columns']['seen']}. Latency: {lat['what']}, {lat['runtime']}, median of {lat['runs']} runs, "
-                 f"{lat['threads']} threads.")
+                 f"{result['columns']['seen']}. Latency: {lat['what']}, {lat['runtime']}, median of {lat['runs']} "
+                 f"runs, {lat['threads']} threads.")
     for r in rows:
         if r["int8_note"]:
             notes.append(f"{r['name']}: {r['int8_note']}.")

@@ -38,7 +38,8 @@ from edge.review_log import NOTICE  # noqa: E402
 from . import report as rep  # noqa: E402
 from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit  # noqa: E402
 from .heldout import render_sources, source_report, split_held_out  # noqa: E402
-from .splits import assign_splits, leaks, select_images, split_counts  # noqa: E402
+from .splits import (assign_splits, leak_summary, leaks, seen_subset, select_images,  # noqa: E402
+                     small_validation_warning, split_counts)
 
 MONITORS = {"val_screening_auc": "max", "val_loss": "min", "val_accuracy": "max"}
 
@@ -178,31 +179,10 @@ def _json_default(value):
 def _leakage_error(out: Path, leaked: list[dict]) -> CxrError:
     first = leaked[0]
     return CxrError(
-        f"train/validation/test share {_leak_summary(leaked)}, e.g. {first['a']['path']} "
+        f"train/validation/test share {leak_summary(leaked)}, e.g. {first['a']['path']} "
         f"({first['a']['split']}) ~ {first['b']['path']} ({first['b']['split']}); full list in "
         f"{out / 'leakage.json'}; fix the dataset's split, use --resplit to regroup, or --allow-leakage",
         code=ExitCode.CHECK_FAILED, reason="leakage")
-
-
-def _leak_summary(leaked: list[dict]) -> str:
-    pairs = sum(row.get("kind", "near_duplicate") == "near_duplicate" for row in leaked)
-    patients = len(leaked) - pairs
-    parts = ([f"{pairs} near-duplicate pair(s)"] if pairs else []) + ([f"{patients} patient(s)"] if patients else [])
-    return " and ".join(parts)
-
-
-MIN_VAL_PER_SIDE = 50  # fewer normal or abnormal validation images than this: the threshold is a guess
-
-
-def _small_validation_warning(counts: dict) -> str | None:
-    val = counts.get("val", {})
-    normal = val.get(NORMAL_CLASS, 0)
-    abnormal = sum(n for c, n in val.items() if c != NORMAL_CLASS)
-    if normal >= MIN_VAL_PER_SIDE and abnormal >= MIN_VAL_PER_SIDE:
-        return None
-    return (f"the validation split holds {abnormal} abnormal and {normal} normal image(s) (fewer than "
-            f"{MIN_VAL_PER_SIDE} of either): the threshold chosen on it is uncertain; use --resplit-val (keeps "
-            "the datasets' test splits) or raise --val-fraction")
 
 
 def _setup_tf(config: FitConfig):
@@ -318,11 +298,11 @@ def run(config: FitConfig) -> FitResult:
         _write_json(config.out / "leakage.json", leaked)
         if not config.allow_leakage:
             raise _leakage_error(config.out, leaked)
-        _say(config, f"WARNING: {_leak_summary(leaked)} cross the split (--allow-leakage given)")
+        _say(config, f"WARNING: {leak_summary(leaked)} cross the split (--allow-leakage given)")
     classes = list(config.classes)
     by_split = {s: [i for i in indices if splits[i] == s] for s in ("train", "val", "test")}
     _check_splits(by_split, samples, classes)
-    small_val = _small_validation_warning(counts)
+    small_val = small_validation_warning(counts)
     if small_val:
         audit_report["warnings"].append(small_val)
         _say(config, f"WARNING: {small_val}")
@@ -473,7 +453,7 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
             steps, weights, augment, fine_tuned, train_seconds, start) -> FitResult:
     out, classes = config.out, list(config.classes)
     _say(config, "evaluating on validation" + (" and test" if paths["test"] else ""))
-    _seen_subset(config, by_split, paths, labels)
+    seen_subset(config.seen_images, config.seed, by_split, paths, labels)
     probs = {s: _predict(model, paths[s], spec, config.batch_size, out / "cache" / s)
              for s in ("val", "test", "external", "seen") if paths[s]}
     threshold = rep.choose_threshold(labels["val"], probs["val"], classes, config.target_sensitivity)
@@ -548,17 +528,6 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
     (out / "report.md").write_text(render_report(metrics, audit_report, leaked))
     _print_summary(config, metrics)
     return FitResult(out, model_path, meta_path, metrics, audit_report, wall)
-
-
-def _seen_subset(config: FitConfig, by_split, paths, labels) -> None:
-    """paths/labels["seen"]: at most config.seen_images training images (seeded), scored like the test split."""
-    n = len(paths["train"])
-    picks = np.arange(n)
-    if n > config.seen_images:
-        picks = np.sort(np.random.default_rng(config.seed).choice(n, size=config.seen_images, replace=False))
-    by_split["seen"] = [by_split["train"][k] for k in picks]
-    paths["seen"] = [paths["train"][k] for k in picks]
-    labels["seen"] = labels["train"][picks]
 
 
 def _headline(evaluation: dict) -> dict:
@@ -644,7 +613,7 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
               f"{d['within_split']} within a split, {d['across_splits']} across a dataset's splits, "
               f"{d['across_datasets']} across datasets, {d['label_conflicts']} with conflicting labels. "
               f"Left out: {metrics['data']['dropped']}. {audit['split_groups']['rule'].capitalize()}. "
-              f"Crossing the final split: {_leak_summary(leaked) or 'nothing'}.", "", "Images per split: "
+              f"Crossing the final split: {leak_summary(leaked) or 'nothing'}.", "", "Images per split: "
               + "; ".join(f"{s}: " + ", ".join(f"{c} {n}" for c, n in sorted(v.items()))
                           for s, v in metrics["data"]["splits"].items() if v), ""]
     if audit["warnings"]:

@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from edge.metadata import NORMAL_CLASS
+
 from .audit import AuditResult, pair_rows, patients_across
 
 SPLITS = ("train", "val", "test")
@@ -120,3 +122,36 @@ def split_counts(samples, splits) -> dict:
         if side is not None:
             out[side][sample.label] = out[side].get(sample.label, 0) + 1
     return out
+
+
+def leak_summary(leaked: list[dict]) -> str:
+    pairs = sum(row.get("kind", "near_duplicate") == "near_duplicate" for row in leaked)
+    patients = len(leaked) - pairs
+    parts = ([f"{pairs} near-duplicate pair(s)"] if pairs else []) + ([f"{patients} patient(s)"] if patients else [])
+    return " and ".join(parts)
+
+
+MIN_VAL_PER_SIDE = 50  # fewer normal or abnormal validation images than this: the threshold is a guess
+
+
+def small_validation_warning(counts: dict) -> str | None:
+    val = counts.get("val", {})
+    normal = val.get(NORMAL_CLASS, 0)
+    abnormal = sum(n for c, n in val.items() if c != NORMAL_CLASS)
+    if normal >= MIN_VAL_PER_SIDE and abnormal >= MIN_VAL_PER_SIDE:
+        return None
+    return (f"the validation split holds {abnormal} abnormal and {normal} normal image(s) (fewer than "
+            f"{MIN_VAL_PER_SIDE} of either): the threshold chosen on it is uncertain; use --resplit-val (keeps "
+            "the datasets' test splits) or raise --val-fraction")
+
+
+def seen_subset(limit: int, seed: int, by_split, paths, labels) -> None:
+    """by_split/paths/labels["seen"]: at most `limit` training images (seeded sample), which fit scores in
+    inference mode like the test split: seen vs test is the generalisation gap."""
+    n = len(paths["train"])
+    picks = np.arange(n)
+    if n > limit:
+        picks = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    by_split["seen"] = [by_split["train"][k] for k in picks]
+    paths["seen"] = [paths["train"][k] for k in picks]
+    labels["seen"] = labels["train"][picks]
