@@ -452,8 +452,9 @@ def _clean_copy(model):
 def _finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked, env,
             steps, weights, augment, fine_tuned, train_seconds, start) -> FitResult:
     out, classes = config.out, list(config.classes)
-    _say(config, "evaluating on validation" + (" and test" if paths["test"] else ""))
     seen_subset(config.seen_images, config.seed, by_split, paths, labels)
+    _say(config, "evaluating on validation" + (", test" if paths["test"] else "") + (", held-out sources" if
+         paths["external"] else "") + f" and {len(paths['seen'])} seen training images (inference mode)")
     probs = {s: _predict(model, paths[s], spec, config.batch_size, out / "cache" / s)
              for s in ("val", "test", "external", "seen") if paths[s]}
     threshold = rep.choose_threshold(labels["val"], probs["val"], classes, config.target_sensitivity)
