@@ -1,4 +1,4 @@
-"""Model presets: the seeds' small CNNs and Keras-applications transfer models, one head for all.
+"""Model presets: baselines, small CNNs trained from scratch and Keras-applications transfer models, one head.
 
 Every model takes the output of edge.preprocess.preprocess: (H, W, 1) float32 in [0, 1]. A
 backbone that wants three channels or another value range gets it from the `GreyToBackbone`
@@ -73,7 +73,8 @@ class Preset:
     edge: bool = False  # small enough for a Raspberry Pi / Edge TPU
 
 
-def _small_cnn(filters=(32, 64, 128), dropout: float = 0.0, l2: float = 0.0, batch_norm: bool = False):
+def _small_cnn(filters=(32, 64, 128), dropout: float = 0.0, l2: float = 0.0, batch_norm: bool = False,
+               pool_last: bool = False):
     def build(inputs, weights, seed):
         reg = keras.regularizers.l2(l2) if l2 else None
         x = inputs
@@ -85,11 +86,22 @@ def _small_cnn(filters=(32, 64, 128), dropout: float = 0.0, l2: float = 0.0, bat
                 # the weights so far that inference-mode outputs collapse to one class (measured here).
                 x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
                 x = keras.layers.Activation("relu", name=f"relu{i + 1}")(x)
-            if i < len(filters) - 1:
+            if i < len(filters) - 1 or pool_last:
                 x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
                 if dropout:
                     x = keras.layers.Dropout(dropout, seed=seed, name=f"drop{i + 1}")(x)
         return x
+    return build
+
+
+def _dense(units: int = 128, pool: int = 8):
+    """A fully connected baseline: average-pool the image to (H/pool, W/pool), flatten, one hidden Dense layer.
+    Returned as a (1, 1, units) 'feature map' so the shared head (gap -> logits) applies unchanged."""
+    def build(inputs, weights, seed):
+        x = keras.layers.AveragePooling2D(pool, name="downsample")(inputs)
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = keras.layers.Dense(units, activation="relu", name="hidden")(x)
+        return keras.layers.Reshape((1, 1, units), name="as_map")(x)
     return build
 
 
@@ -110,12 +122,17 @@ def _application(constructor: str, scaling: str, **extra):
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("small-cnn", "cnn", "3x (Conv2D 3x3 + MaxPooling), as in the seeds; fastest on CPU", _small_cnn(), edge=True),
+    Preset("dense", "cnn", "baseline without convolutions: 8x8 average pooling, Flatten, Dense 128 ReLU (the "
+           "head's pooling then sees one 1x1 'feature map')", _dense(), edge=True),
+    Preset("single-conv", "cnn", "baseline: one Conv2D 3x3 (32 filters, ReLU) + MaxPooling, no BatchNorm",
+           _small_cnn(filters=(32,), pool_last=True), edge=True),
+    Preset("small-cnn", "cnn", "3 conv blocks (Conv2D 3x3 32-64-128, ReLU, MaxPooling between), no BatchNorm, no "
+           "dropout; fastest on CPU", _small_cnn(), edge=True),
     Preset("small-cnn-dropout", "cnn", "small-cnn with Dropout 0.25 after each pooling", _small_cnn(dropout=0.25),
            edge=True),
     Preset("small-cnn-l2", "cnn", "small-cnn with Dropout 0.25 and L2 1e-4 on every kernel",
            _small_cnn(dropout=0.25, l2=1e-4), edge=True),
-    Preset("cnn-4block", "cnn", "4x (Conv2D + BatchNorm + MaxPooling), 32-256 filters",
+    Preset("cnn-4block", "cnn", "4 conv blocks (Conv2D 3x3 32-64-128-256 + BatchNorm + ReLU, MaxPooling between)",
            _small_cnn(filters=(32, 64, 128, 256), batch_norm=True), edge=True),
     Preset("mobilenetv2", "transfer", "MobileNetV2 alpha 1.0 (edge)", _application("MobileNetV2", "tf"), edge=True),
     Preset("mobilenetv2-0.35", "transfer", "MobileNetV2 alpha 0.35 (smallest edge model)",
@@ -126,13 +143,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            _application("MobileNetV3Large", "raw"), edge=True),
     Preset("efficientnetb0", "transfer", "EfficientNet-B0 (edge, slow on CPU)",
            _application("EfficientNetB0", "raw"), edge=True),
-    Preset("vgg16", "transfer", "VGG16, as in the seeds (large)", _application("VGG16", "caffe")),
-    Preset("vgg19", "transfer", "VGG19, as in the seeds (large)", _application("VGG19", "caffe")),
-    Preset("resnet50v2", "transfer", "ResNet50V2, as in the seeds", _application("ResNet50V2", "tf")),
-    Preset("densenet121", "transfer", "DenseNet121, as in the seeds (CheXNet's backbone)",
+    Preset("vgg16", "transfer", "VGG16 convolutional base (14.7M parameters; large for a Pi)",
+           _application("VGG16", "caffe")),
+    Preset("vgg19", "transfer", "VGG19 convolutional base (20.0M parameters; large for a Pi)",
+           _application("VGG19", "caffe")),
+    Preset("resnet50v2", "transfer", "ResNet50V2 (23.6M parameters)", _application("ResNet50V2", "tf")),
+    Preset("densenet121", "transfer", "DenseNet121 (7.0M parameters; CheXNet's backbone)",
            _application("DenseNet121", "torch")),
-    Preset("xception", "transfer", "Xception, as in the seeds", _application("Xception", "tf"), min_size=71),
-    Preset("inceptionv3", "transfer", "InceptionV3, as in the seeds", _application("InceptionV3", "tf"), min_size=75),
+    Preset("xception", "transfer", "Xception (20.9M parameters; input >= 71)", _application("Xception", "tf"),
+           min_size=71),
+    Preset("inceptionv3", "transfer", "InceptionV3 (21.8M parameters; input >= 75)",
+           _application("InceptionV3", "tf"), min_size=75),
 ]}
 
 

@@ -170,3 +170,82 @@ def test_same_seed_same_results(tiny_run, tmp_path):
     second = (again.out / "predictions.csv").read_text().splitlines()
     assert first == second
     assert again.metrics["threshold"] == tiny_run.metrics["threshold"]
+
+
+def _own_splits_with_patient_across(root: Path) -> Path:
+    """Own train (4 per class) / val (1) / test (2) folders; Kermany's person1031 is in train and, with another
+    radiograph (not a near-duplicate), in test."""
+    for split, sl in (("train", slice(0, 4)), ("val", slice(4, 5)), ("test", slice(5, 7))):
+        for cls in ("NORMAL", "PNEUMONIA", "Covid"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for f in sorted((MINI / cls).glob("*.jpg"))[sl]:
+                shutil.copy(f, root / split / cls / f.name)
+    other = sorted((MINI / "PNEUMONIA").glob("*.jpg"))[7]
+    shutil.copy(other, root / "test" / "PNEUMONIA" / "person1031_bacteria_1.jpg")
+    return root
+
+
+def test_same_patient_across_own_splits_is_reported_and_refused(tmp_path):
+    from edge.datasets import discover_many
+    from train.audit import run_audit
+    from train.splits import assign_splits, leaks, select_images
+
+    data = _own_splits_with_patient_across(tmp_path / "ds")
+    result = run_audit(discover_many([data]), cache_path=tmp_path / "h.json")
+    [row] = result.report["same_patient_across_splits"]
+    assert row["patient"] == "ds:person1031" and row["images"] == {"train": 1, "test": 1}
+    assert any("1 patient(s) have images on different sides" in w for w in result.report["warnings"])
+    indices, _ = select_images(result)
+    kept = assign_splits(result, indices, use_dataset_splits=True)
+    assert [r["kind"] for r in leaks(result, kept)] == ["same_patient"]
+    assert not leaks(result, assign_splits(result, indices, use_dataset_splits=False))  # --resplit regroups
+
+    proc = subprocess.run([sys.executable, "-m", "train.cli", "fit", str(data), "--out", str(tmp_path / "run"),
+                           "--input-size", "32", "--epochs", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CXR_EDGE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == ExitCode.CHECK_FAILED, proc.stderr[-1500:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("cxr-train: error:")]
+    assert len(error) == 1 and "share 1 patient(s)" in error[0] and "person1031" in error[0]
+
+
+def test_resplit_val_keeps_the_datasets_test_split(tmp_path):
+    from edge.datasets import discover_many
+    from train.audit import run_audit
+    from train.splits import assign_splits, select_images
+
+    data = _own_splits_with_patient_across(tmp_path / "ds")
+    result = run_audit(discover_many([data]), cache_path=tmp_path / "h.json")
+    indices, _ = select_images(result)
+    splits = assign_splits(result, indices, val_fraction=0.4, seed=3, resplit_val=True)
+    own = {int(i): result.samples[i].split for i in indices}
+    assert all(splits[i] == "test" for i, s in own.items() if s == "test")  # the dataset's test stays
+    assert not any(splits[i] == "test" for i, s in own.items() if s != "test")  # and gets nothing more
+    val = [i for i in own if splits[i] == "val"]
+    assert len(val) == 6 and any(own[i] == "train" for i in val)  # 40% of train + val (15 images), regrouped
+    kept = assign_splits(result, indices, val_fraction=0.4, seed=3)
+    assert sorted(i for i in own if kept[i] == "val") == sorted(i for i, s in own.items() if s == "val")
+
+
+@pytest.mark.slow
+def test_grad_cam_uses_logits_where_softmax_saturates():
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from models.architectures import build_model
+    from train.report import grad_cam
+
+    model = build_model("small-cnn", input_size=32, classes=3, dropout=0.0)
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([kernel * 1e4, bias])  # P(class) rounds to exactly 1 in float32
+    x = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
+    probs = model.predict(x, verbose=0)
+    top = probs.argmax(axis=1).astype(np.int32)
+    assert (probs.max(axis=1) == 1.0).all()
+    import tensorflow as tf
+    import tf_keras as keras
+
+    on_softmax = keras.Model(model.inputs, [model.get_layer("gap").input, model.output])
+    with tf.GradientTape() as tape:
+        maps, p = on_softmax(x, training=False)
+        chosen = tf.gather(p, top, axis=1, batch_dims=1)
+    assert not np.any(tape.gradient(chosen, maps).numpy())  # Grad-CAM on softmax would be blank here
+    cams = grad_cam(model, x, top)
+    assert cams.shape == (2, 32, 32) and (cams.max(axis=(1, 2)) > 0.5).all()

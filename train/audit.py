@@ -203,6 +203,29 @@ def patient_key(sample: Sample) -> str | None:
     return f"{sample.dataset}:{match.group(1)}" if match else None
 
 
+def patients_across(samples: list[Sample], splits) -> list[dict]:
+    """Patients (patient_key) whose images sit on different sides of `splits` (None = not used): one row
+    each, naming one image on each of two sides and the image count per side."""
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        if splits[i] is not None:
+            key = patient_key(s)
+            if key is not None:
+                by_patient[key].append(i)
+    rows = []
+    for key, members in sorted(by_patient.items()):
+        sides = Counter(splits[i] for i in members)
+        if len(sides) < 2:
+            continue
+        first = {}
+        for i in members:
+            first.setdefault(splits[i], i)
+        a, b = sorted(first.values())[:2]
+        rows.append({"kind": "same_patient", "patient": key, "a": _describe(samples[a], splits[a]),
+                     "b": _describe(samples[b], splits[b]), "images": dict(sides), "crosses_split": True})
+    return rows
+
+
 def run_audit(samples: list[Sample], *, max_distance: int = DEFAULT_MAX_DISTANCE, cache_path: Path | None = None,
               workers: int | None = None, progress=None) -> AuditResult:
     records, stats = hash_samples(samples, cache_path, workers, progress)
@@ -299,6 +322,15 @@ def _warnings(samples, records, summary, sources) -> list[str]:
     return warnings
 
 
+def _patient_warning(patients: list[dict]) -> list[str]:
+    if not patients:
+        return []
+    first = patients[0]
+    return [f"{len(patients)} patient(s) have images on different sides of a dataset's own train/val/test split "
+            f"(e.g. {first['patient']}: {first['a']['path']} in {first['a']['split']}, {first['b']['path']} in "
+            f"{first['b']['split']}); fit refuses unless --allow-leakage, or regroup with --resplit"]
+
+
 def build_report(result: AuditResult, max_distance: int, stats: dict) -> dict:
     samples, records = result.samples, result.records
     rows = pair_rows(result)
@@ -318,6 +350,7 @@ def build_report(result: AuditResult, max_distance: int, stats: dict) -> dict:
     }
     patient_groups = Counter(int(g) for g in result.split_group)
     sources = _class_sources(samples, records)
+    patients = patients_across(samples, [s.split for s in samples])
     return {
         "n_images": len(samples),
         "datasets": sorted({s.dataset for s in samples}),
@@ -332,7 +365,8 @@ def build_report(result: AuditResult, max_distance: int, stats: dict) -> dict:
                        for s, r in zip(samples, records) if r.get("error")],
         "images": _size_summary(samples, records),
         "class_sources": sources,
-        "warnings": _warnings(samples, records, summary, sources),
+        "same_patient_across_splits": patients,
+        "warnings": _warnings(samples, records, summary, sources) + _patient_warning(patients),
         "hash": {"method": "DCT perceptual hash of the histogram-equalised 64x64 grey image, "
                            f"{HASH_BITS} bits (OpenCV)", "version": HASH_VERSION,
                  "max_distance": max_distance, **stats},

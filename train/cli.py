@@ -160,6 +160,8 @@ def fit(
     val_fraction: float = typer.Option(0.15, "--val-fraction"),
     test_fraction: float = typer.Option(0.15, "--test-fraction"),
     resplit: bool = typer.Option(False, "--resplit", help="Ignore the datasets' own val/test splits; regroup all."),
+    resplit_val: bool = typer.Option(False, "--resplit-val", help="Keep the datasets' own test splits; regroup "
+                                     "their train + val into train/validation (--val-fraction)."),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Keep one copy of each near-duplicate group."),
     allow_leakage: bool = typer.Option(False, "--allow-leakage",
                                        help="Train even when near-duplicates cross train/val/test."),
@@ -192,6 +194,7 @@ def fit(
         fine_tune_epochs=fine_tune_epochs, fine_tune_fraction=fine_tune_fraction, batch_size=batch_size,
         learning_rate=learning_rate, optimizer=optimizer, schedule=schedule, monitor=monitor, patience=patience,
         balance=balance, val_fraction=val_fraction, test_fraction=test_fraction, use_dataset_splits=not resplit,
+        resplit_val=resplit_val,
         dedup=dedup, allow_leakage=allow_leakage, max_distance=max_distance, aliases=parse_alias_overrides(alias),
         classes=_classes(classes), weights=weights, dropout=dropout, augment=augment, flip=flip, noise=noise, seed=seed,
         mixed_precision=mixed_precision, target_sensitivity=target_sensitivity, name=name, version=version,
@@ -216,6 +219,50 @@ def lungs(
     typer.echo(f"{out / 'lungs.tflite'}: {report['bytes']:,} bytes, sha256 {report['sha256'][:12]}...; held-out "
                f"patients ({report['data']['val_images']} images): mask IoU {v['mask_iou_mean']:.3f}, box IoU "
                f"{v['box_iou_mean']:.3f}, box found {v['box_found']:.1%} ({report['training']['seconds']:.0f} s)")
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders written by `cxr-train fit`."),
+    tflite: List[str] = typer.Option([], "--tflite", help="RUN=FILE: the int8 .tflite of a run (default: an int8 "
+                                     ".tflite in the run folder converted from its model.keras). Repeatable."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Compare runs trained under different protocols "
+                                     "(data, split, hold-outs, input size, preprocessing, epoch budget)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as one JSON object."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the Markdown table to FILE.md, the JSON beside it "
+                                       "(FILE.json) and the plot (FILE.png)."),
+    latency_runs: int = typer.Option(50, "--runs", min=1, help="Timed LiteRT invokes per int8 file."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="LiteRT threads (default: all cores)."),
+) -> None:
+    """One table and one plot over runs of one protocol: seen vs test vs held-out sources, size, latency."""
+    from .compare import compare as run_compare, parse_tflite_options, plot, render_markdown
+
+    result = run_compare(list(runs), tflite=parse_tflite_options(tflite), allow_mixed=allow_mixed,
+                         latency_runs=latency_runs, threads=threads)
+    markdown = render_markdown(result)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        plot(result, out.with_suffix(".png"))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    else:
+        typer.echo(markdown, nl=False)
+        if out:
+            typer.echo(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+
+
+@app.command()
+def study(
+    config: Path = typer.Argument(..., help="Study config JSON (docs/study.md): data, out, presets, fit budget."),
+) -> None:
+    """Train every preset of CONFIG under one protocol, convert each to int8, measure latency, compare."""
+    from .study import run_study
+
+    result = run_study(config, say=lambda line: typer.echo(f"cxr-train: {line}"))
+    out = Path(result["study"]["config"]["out"])
+    typer.echo(f"wrote {out / 'study.md'}, {out / 'study.json'}, {out / 'study.png'}")
 
 
 @app.command()

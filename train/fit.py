@@ -38,7 +38,8 @@ from edge.review_log import NOTICE  # noqa: E402
 from . import report as rep  # noqa: E402
 from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit  # noqa: E402
 from .heldout import render_sources, source_report, split_held_out  # noqa: E402
-from .splits import assign_splits, leaks, select_images, split_counts  # noqa: E402
+from .splits import (assign_splits, leak_summary, leaks, seen_subset, select_images,  # noqa: E402
+                     small_validation_warning, split_counts)
 
 MONITORS = {"val_screening_auc": "max", "val_loss": "min", "val_accuracy": "max"}
 
@@ -69,6 +70,7 @@ class FitConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     use_dataset_splits: bool = True
+    resplit_val: bool = False  # regroup train + the datasets' own val into train/val; keep their test splits
     dedup: bool = True
     allow_leakage: bool = False
     max_distance: int = DEFAULT_MAX_DISTANCE
@@ -88,6 +90,7 @@ class FitConfig:
     resume: bool = False
     steps_per_epoch: int | None = None  # cap, for quick tests
     gradcam_per_kind: int = 4
+    seen_images: int = 1000  # training images scored at the end in inference mode ("seen" in metrics.json)
     cache_path: Path | None = None  # audit hash cache; default: default_cache_path()
     workers: int | None = None
     verbose: int = 1  # Keras: 1 progress bar, 2 one line per epoch, 0 silent
@@ -151,7 +154,8 @@ def prepare_data(config: FitConfig):
         _say(config, f"held out {', '.join(config.hold_out)}: {len(external)} external images"
                      + (f" ({copies} left out as copies of used images)" if copies else ""))
     splits = assign_splits(result, indices, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                           seed=config.seed, use_dataset_splits=config.use_dataset_splits)
+                           seed=config.seed, use_dataset_splits=config.use_dataset_splits,
+                           resplit_val=config.resplit_val)
     leaked = leaks(result, splits)
     counts = split_counts(samples, splits)
     return samples, result, indices, dropped, splits, leaked, counts, external
@@ -175,7 +179,7 @@ def _json_default(value):
 def _leakage_error(out: Path, leaked: list[dict]) -> CxrError:
     first = leaked[0]
     return CxrError(
-        f"train/validation/test share {len(leaked)} near-duplicate pair(s), e.g. {first['a']['path']} "
+        f"train/validation/test share {leak_summary(leaked)}, e.g. {first['a']['path']} "
         f"({first['a']['split']}) ~ {first['b']['path']} ({first['b']['split']}); full list in "
         f"{out / 'leakage.json'}; fix the dataset's split, use --resplit to regroup, or --allow-leakage",
         code=ExitCode.CHECK_FAILED, reason="leakage")
@@ -294,10 +298,14 @@ def run(config: FitConfig) -> FitResult:
         _write_json(config.out / "leakage.json", leaked)
         if not config.allow_leakage:
             raise _leakage_error(config.out, leaked)
-        _say(config, f"WARNING: {len(leaked)} near-duplicate pair(s) cross the split (--allow-leakage given)")
+        _say(config, f"WARNING: {leak_summary(leaked)} cross the split (--allow-leakage given)")
     classes = list(config.classes)
     by_split = {s: [i for i in indices if splits[i] == s] for s in ("train", "val", "test")}
     _check_splits(by_split, samples, classes)
+    small_val = small_validation_warning(counts)
+    if small_val:
+        audit_report["warnings"].append(small_val)
+        _say(config, f"WARNING: {small_val}")
     _write_splits(config.out / "splits.csv", samples, splits)
     _say(config, "split (images per class): " + "; ".join(
         f"{s} " + ", ".join(f"{c} {n}" for c, n in sorted(counts[s].items())) for s in counts if counts[s]))
@@ -444,9 +452,11 @@ def _clean_copy(model):
 def _finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked, env,
             steps, weights, augment, fine_tuned, train_seconds, start) -> FitResult:
     out, classes = config.out, list(config.classes)
-    _say(config, "evaluating on validation" + (" and test" if paths["test"] else ""))
+    seen_subset(config.seen_images, config.seed, by_split, paths, labels)
+    _say(config, "evaluating on validation" + (", test" if paths["test"] else "") + (", held-out sources" if
+         paths["external"] else "") + f" and {len(paths['seen'])} seen training images (inference mode)")
     probs = {s: _predict(model, paths[s], spec, config.batch_size, out / "cache" / s)
-             for s in ("val", "test", "external") if paths[s]}
+             for s in ("val", "test", "external", "seen") if paths[s]}
     threshold = rep.choose_threshold(labels["val"], probs["val"], classes, config.target_sensitivity)
     evaluation = {s: rep.evaluate(labels[s], probs[s], classes, threshold) for s in probs}
     history = _read_history(out / "history.csv")
@@ -459,7 +469,8 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
         rep.plot_roc(labels[s], probs[s], classes, threshold, plots / f"roc-{s}.png", f"ROC, {s}")
     cams = rep.save_grad_cams(model, paths["val"], labels["val"], probs["val"], classes, spec, out / "gradcam",
                               config.gradcam_per_kind)
-    _write_predictions(out / "predictions.csv", paths, labels, probs, classes, threshold)
+    _write_predictions(out / "predictions.csv", paths, labels, {s: p for s, p in probs.items() if s != "seen"},
+                       classes, threshold)
     _say(config, "per-source metrics and shortcut checks")
     sources = source_report(model, samples, by_split, labels, probs, classes, threshold, spec, seed=config.seed)
 
@@ -473,7 +484,7 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
         "seed": config.seed, "held_out_sources": list(config.hold_out),
     }
     metrics_summary = {"validation": _headline(evaluation["val"])}
-    for split in ("test", "external"):
+    for split in ("test", "external", "seen"):
         if split in evaluation:
             metrics_summary[split] = _headline(evaluation[split])
     if "external" in sources:
@@ -503,10 +514,13 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
         **evaluation,
         "training": {
             "config": _config_dict(config), "steps_per_epoch": steps, "epochs_run": len(history.get("loss", [])),
+            "parameters": int(model.count_params()),
             "class_weights": weights, "augment": augment.to_dict() if augment else None,
             "fine_tuned_layers": fine_tuned, "environment": {**env, "python": platform.python_version(),
                                                              "machine": platform.machine()},
             "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1), "history": history,
+            "seen": {"images": len(paths["seen"]), "of": len(by_split["train"]), "mode": "inference (no augmentation,"
+                     " dropout off, BatchNorm moving statistics)", "seed": config.seed},
         },
         "data": training_summary, "sources": sources,
         "plots": sorted(p.name for p in (out / "plots").glob("*.png")), "gradcam": cams,
@@ -561,12 +575,14 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
     lines = [f"# Training report: {m['name']} {m['version']}", "",
              f"model.keras sha256 `{m['sha256']}`. {metrics['intended_use']}", "",
              f"Threshold **{metrics['threshold']:.4f}**: {metrics['threshold_rule']}.", ""]
-    for split in ("val", "test"):
+    titles = {"val": "Validation", "test": "Test (threshold chosen on validation, never on test)",
+              "seen": "Seen: training images scored in inference mode (the generalisation gap is seen vs test)"}
+    for split in ("val", "test", "seen"):
         if split not in metrics:
             continue
         ev = metrics[split]
         s = ev["screening"]
-        title = "Validation" if split == "val" else "Test (threshold chosen on validation, never on test)"
+        title = titles[split]
         lines += [f"## {title}: {ev['n']} images", "",
                   "| screening (abnormal = not normal) | value | 95% CI |", "| --- | --- | --- |"]
         for key in ("sensitivity", "specificity", "precision", "accuracy", "auc"):
@@ -598,7 +614,7 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
               f"{d['within_split']} within a split, {d['across_splits']} across a dataset's splits, "
               f"{d['across_datasets']} across datasets, {d['label_conflicts']} with conflicting labels. "
               f"Left out: {metrics['data']['dropped']}. {audit['split_groups']['rule'].capitalize()}. "
-              f"Pairs crossing the final split: {len(leaked)}.", "", "Images per split: "
+              f"Crossing the final split: {leak_summary(leaked) or 'nothing'}.", "", "Images per split: "
               + "; ".join(f"{s}: " + ", ".join(f"{c} {n}" for c, n in sorted(v.items()))
                           for s, v in metrics["data"]["splits"].items() if v), ""]
     if audit["warnings"]:
@@ -635,7 +651,7 @@ def _print_summary(config: FitConfig, metrics: dict) -> None:
                   title_justify="left")
     for col in ("split", "n", "sensitivity", "specificity", "AUC", "accuracy", "balanced acc."):
         table.add_column(col, justify="right")
-    for split in ("val", "test", "external"):
+    for split in ("seen", "val", "test", "external"):
         if split in metrics:
             s, c = metrics[split]["screening"], metrics[split]["classes"]
             table.add_row(split, str(s["n"]), _fmt(s["sensitivity"]) + _ci(s["ci95"]["sensitivity"]),

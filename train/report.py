@@ -117,15 +117,18 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, classes, threshold: float, path: 
 
 
 def grad_cam(model, images: np.ndarray, class_index: np.ndarray) -> np.ndarray:
-    """Grad-CAM maps (n, H, W) in [0, 1] from the feature map that feeds the model's 'gap' layer."""
+    """Grad-CAM maps (n, H, W) in [0, 1] from the feature map that feeds the model's 'gap' layer.
+
+    The gradient is taken of the chosen class's *logit* (the 'logits' layer, before softmax): the
+    softmax output of a confident image is flat (p close to 1), so its gradients vanish."""
     import tensorflow as tf
     import tf_keras as keras
 
     features = model.get_layer("gap").input
-    grad_model = keras.Model(model.inputs, [features, model.output])
+    grad_model = keras.Model(model.inputs, [features, model.get_layer("logits").output])
     with tf.GradientTape() as tape:
-        maps, probs = grad_model(images, training=False)
-        chosen = tf.gather(probs, class_index, axis=1, batch_dims=1)
+        maps, logits = grad_model(images, training=False)
+        chosen = tf.gather(tf.cast(logits, tf.float32), class_index, axis=1, batch_dims=1)
     grads = tape.gradient(chosen, maps)
     weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(maps, tf.float32), axis=-1)).numpy()
