@@ -94,6 +94,7 @@ class FitConfig:
     cache_path: Path | None = None  # audit hash cache; default: default_cache_path()
     workers: int | None = None
     verbose: int = 1  # Keras: 1 progress bar, 2 one line per epoch, 0 silent
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on clean training images (train/batchnorm.py)
 
 
 @dataclass
@@ -453,6 +454,15 @@ def _finish(config, model, samples, audit_report, by_split, paths, labels, spec,
             steps, weights, augment, fine_tuned, train_seconds, start) -> FitResult:
     out, classes = config.out, list(config.classes)
     seen_subset(config.seen_images, config.seed, by_split, paths, labels)
+    if config.recalibrate_bn and paths["seen"]:
+        from .batchnorm import recalibrate
+        from .data import eval_dataset
+
+        used = recalibrate(model, eval_dataset(paths["seen"], labels["seen"], spec, batch_size=config.batch_size,
+                                               cache=out / "cache" / "seen"))
+        if used:
+            _say(config, f"BatchNorm statistics re-estimated on {min(len(paths['seen']), used * config.batch_size)} "
+                         "clean training images")
     _say(config, "evaluating on validation" + (", test" if paths["test"] else "") + (", held-out sources" if
          paths["external"] else "") + f" and {len(paths['seen'])} seen training images (inference mode)")
     probs = {s: _predict(model, paths[s], spec, config.batch_size, out / "cache" / s)
