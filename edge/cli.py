@@ -44,7 +44,8 @@ ThresholdOption = typer.Option(None, "--threshold", min=0.0, max=1.0,
 DelegateOption = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a Coral Edge TPU.")
 ThreadsOption = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all).")
 AnyViewOption = typer.Option(False, "--any-view",
-                             help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view).")
+                             help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view) and "
+                                  "images the input gate refuses (it still records its scores, corrects nothing).")
 
 
 def load_model(model: Optional[Path], delegate: str = "cpu", threads: Optional[int] = None) -> TFLiteModel:
@@ -126,7 +127,8 @@ SplitOption = typer.Option(None, "--split", help="Only images of this split (tra
                            "that names its splits, such as the splits.csv a cxr-train run writes.")
 
 
-def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]], split: Optional[str]):
+def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]], split: Optional[str],
+                   any_view: bool = False):
     from .datasets import discover_many, parse_alias_overrides
     from .evaluation import score_samples
 
@@ -141,7 +143,7 @@ def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List
             raise CxrError(f"no image of split {split!r} in {', '.join(map(str, data))}", code=ExitCode.DATA,
                            reason="empty_dataset")
     with progress_bar(len(samples), "scoring") as step:
-        return score_samples(tflite, samples, on_step=step)
+        return score_samples(tflite, samples, on_step=step, allow_any_view=any_view)
 
 
 @app.command("eval")
@@ -152,13 +154,15 @@ def evaluate(
     alias: Optional[List[str]] = AliasOption,
     split: Optional[str] = SplitOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every metric."),
+    any_view: bool = typer.Option(False, "--any-view", help="Score the images the input gate would refuse too."),
 ) -> None:
-    """Evaluate a model on labelled images: per-class metrics, confusion matrix and screening metrics."""
+    """Evaluate a model on labelled images: per-class metrics, confusion matrix and screening metrics
+    (of the images the input gate lets through; it says how many it refused)."""
     from .evaluation import evaluation_report
 
     tflite = load_model(model)
     cutoff, source = resolve_threshold(tflite, threshold)
-    report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split), cutoff, source)
+    report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split, any_view), cutoff, source)
     report["data"] = [str(d) for d in data]
     if as_json:
         typer.echo(json.dumps(report, sort_keys=True))

@@ -15,6 +15,7 @@ from .datasets import Sample
 from .decision import abnormality_scores
 from .decode import load_image
 from .errors import CxrError, ExitCode
+from .gate import gate_for
 from .groups import breakdown
 from .metadata import NORMAL_CLASS
 from .metrics import classification_report, screening_metrics, threshold_for_sensitivity, wilson_interval
@@ -32,6 +33,7 @@ class ScoredSet:
     files: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)  # the scored ones, for the per-source breakdown
     failed: list[dict] = field(default_factory=list)  # images that could not be read: never scored
+    gate: dict = field(default_factory=dict)  # the input gate's identity and counts (refused, corrected, reasons)
 
     @property
     def is_abnormal(self) -> np.ndarray:
@@ -41,16 +43,24 @@ class ScoredSet:
         return abnormality_scores(np.stack(self.probabilities), model.metadata.normal_index)
 
 
-def score_samples(model: TFLiteModel, samples: list[Sample], on_step=None) -> ScoredSet:
+def score_samples(model: TFLiteModel, samples: list[Sample], on_step=None, allow_any_view: bool = False) -> ScoredSet:
     scored = ScoredSet()
     spec = model.metadata.preprocessing
+    gate = gate_for(model)
+    if gate is not None:
+        scored.gate = {**gate.identity, "checked": 0, "refused": 0, "corrected": 0, "reasons": {}}
     for sample in samples:
         try:
             image = load_image(sample.path, allow_any_view=True)
         except CxrError as exc:
             scored.failed.append({"file": str(sample.path), "reason_code": exc.reason, "reason": str(exc)})
         else:
-            scored.probabilities.append(model.predict(preprocess(image.pixels, spec)).probabilities)
+            pixels = _gated(gate, image.pixels, str(sample.path), scored, allow_any_view)
+            if pixels is None:
+                if on_step:
+                    on_step()
+                continue
+            scored.probabilities.append(model.predict(preprocess(pixels, spec)).probabilities)
             scored.labels.append(sample.label)
             scored.files.append(str(sample.path))
             scored.samples.append(sample)
@@ -61,6 +71,23 @@ def score_samples(model: TFLiteModel, samples: list[Sample], on_step=None) -> Sc
     return scored
 
 
+def _gated(gate, pixels: np.ndarray, name: str, scored: ScoredSet, allow_any_view: bool) -> np.ndarray | None:
+    """The pixels to score (corrected by the gate when it is sure), or None when the gate refuses the image."""
+    if gate is None:
+        return pixels
+    checked = gate.check(pixels, name, allow_any_view=allow_any_view)
+    counts = scored.gate
+    counts["checked"] += 1
+    counts["corrected"] += checked.verdict == "corrected"
+    if checked.refused:
+        counts["refused"] += 1
+        counts["reasons"][checked.reason_code] = counts["reasons"].get(checked.reason_code, 0) + 1
+        scored.failed.append({"file": name, "reason_code": checked.reason_code, "reason": checked.reason,
+                              "gate": checked.to_json()})
+        return None
+    return checked.pixels
+
+
 def evaluation_report(model: TFLiteModel, scored: ScoredSet, threshold: float, threshold_source: str) -> dict:
     classes = model.metadata.classes
     report = classification_report(scored.labels, np.stack(scored.probabilities), classes)
@@ -69,7 +96,7 @@ def evaluation_report(model: TFLiteModel, scored: ScoredSet, threshold: float, t
     y = np.array([classes.index(label) for label in scored.labels])
     groups = breakdown(scored.samples, y, np.stack(scored.probabilities), classes, threshold)
     return {**report, "screening": screening, "failed": scored.failed, "model": model.identity,
-            **groups, "notice": NOTICE}
+            **groups, "gate": scored.gate or None, "notice": NOTICE}
 
 
 def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:

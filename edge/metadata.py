@@ -39,9 +39,11 @@ class ModelMetadata:
     created: str = ""
     intended_use: str = INTENDED_USE
     schema_version: int = SCHEMA_VERSION
+    task: str = "screening"  # or "gate": the input gate (edge/gate.py), whose classes are image kinds
+    gate: dict = field(default_factory=dict)  # a classifier may pin its gate: {"file": ..., "sha256": ...}
 
     def validate(self) -> None:
-        if NORMAL_CLASS not in self.classes:
+        if self.task == "screening" and NORMAL_CLASS not in self.classes:
             raise CxrError(f"model metadata has no '{NORMAL_CLASS}' class (classes: {self.classes})",
                            code=ExitCode.MODEL, reason="bad_metadata")
         if not 0.0 <= self.threshold <= 1.0:

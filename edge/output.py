@@ -24,11 +24,25 @@ def print_results(results, model, threshold_source: str) -> None:
         else:
             table.add_row(escape(r.file), f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
     console.print(table)
+    _print_gate_lines(console, results)
     meta = model.metadata
     threshold = next((r.decision.threshold for r in results if r.ok), meta.threshold)
     console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
                   f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
                   highlight=False)
+
+
+def _print_gate_lines(console: Console, results) -> None:
+    """What the input gate corrected, and which gate file it was (edge/gate.py)."""
+    gates = [r.gate for r in results if r.gate]
+    for r in results:
+        if r.gate and r.gate.get("corrected") and r.ok:
+            console.print(f"{escape(r.file)}: corrected by the input gate ({', '.join(r.gate['corrected'])}) "
+                          "before screening", highlight=False)
+    if gates:
+        g = gates[0]
+        console.print(f"input gate {escape(g['model_name'])} {escape(g['model_version'])} "
+                      f"(sha256 {g['model_sha256'][:12]})", highlight=False)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -64,6 +78,12 @@ def print_evaluation(report: dict) -> None:
         f"specificity {_fmt(s['specificity'])}{_ci(ci['specificity'])}; TP {s['tp']} FP {s['fp']} TN {s['tn']} "
         f"FN {s['fn']}. 95% intervals in brackets.", highlight=False)
     _print_groups(console, report)
+    gate = report.get("gate")
+    if gate:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(gate["reasons"].items())) or "none"
+        console.print(f"Input gate {escape(gate['name'])} {escape(gate['version'])} (sha256 {gate['sha256'][:12]}): "
+                      f"refused {gate['refused']} of {gate['checked']} images ({reasons}), corrected "
+                      f"{gate['corrected']}; refused images are not in the metrics above.", highlight=False)
     _print_model_line(console, report["model"])
 
 

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS exams (
     model_name TEXT,
     model_version TEXT,
     model_sha256 TEXT,
+    gate TEXT,
     notice TEXT NOT NULL,
     verdict TEXT CHECK (verdict IS NULL OR verdict IN ('agree', 'disagree')),
     verdict_note TEXT,
@@ -134,8 +135,8 @@ INSERT OR IGNORE INTO station (key, value) VALUES ('station_id', lower(hex(rando
 
 COLUMNS = ("created_at", "source", "file", "sha256", "status", "reason_code", "reason", "decision",
            "abnormality", "top_class", "probabilities", "threshold", "threshold_source", "latency_ms",
-           "image", "model_name", "model_version", "model_sha256", "notice")
-JSON_COLUMNS = ("probabilities", "image")
+           "image", "model_name", "model_version", "model_sha256", "gate", "notice")
+JSON_COLUMNS = ("probabilities", "image", "gate")
 
 
 def utc_now() -> str:
@@ -155,6 +156,7 @@ class ReviewLog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            _add_gate_column(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise CxrError(f"{self.path}: review log cannot be opened ({exc})", code=ExitCode.STORAGE,
                            reason="log_unwritable") from None
@@ -277,6 +279,12 @@ class ReviewLog:
             raise CxrError(f"{self.path}: cannot read review log ({exc})", code=ExitCode.STORAGE,
                            reason="log_unreadable") from None
         return [decode_row(row) for row in rows]
+
+
+def _add_gate_column(db: sqlite3.Connection) -> None:
+    """Logs written before the input gate existed get its column (JSON: verdict, scores, gate identity)."""
+    if "gate" not in {row[1] for row in db.execute("PRAGMA table_info(exams)")}:
+        db.execute("ALTER TABLE exams ADD COLUMN gate TEXT")
 
 
 def decode_row(row: sqlite3.Row) -> dict:

@@ -1,4 +1,4 @@
-"""Screen one image file: decode -> preprocess -> interpreter -> decision, as one result record.
+"""Screen one image file: decode -> gate -> preprocess -> interpreter -> decision, as one result record.
 
 A bad or refused input becomes a result with a status and a reason code, never an exception
 that stops the batch and never a made-up score.
@@ -6,13 +6,14 @@ that stops the batch and never a made-up score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .decision import Decision, decide
 from .decode import load_image
 from .errors import CxrError, InputRefused
+from .gate import gate_for
 from .preprocess import preprocess
 from .review_log import NOTICE
 from .runtime import TFLiteModel
@@ -31,6 +32,7 @@ class ScreenResult:
     image: dict = field(default_factory=dict)
     threshold_source: str = ""
     review_images: Any = field(default=None, repr=False)  # what `on_screened` returned (not in JSON or log row)
+    gate: dict | None = None  # the input gate's verdict, scores and identity (edge/gate.py)
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,7 @@ class ScreenResult:
             "latency_ms": round(self.latency_ms, 3) if self.latency_ms is not None else None,
             "image": self.image or None,
             "model": self.model,
+            "gate": self.gate,
             "notice": NOTICE,
         }
 
@@ -66,7 +69,7 @@ class ScreenResult:
             "threshold": d.threshold if d else None, "threshold_source": self.threshold_source or None,
             "latency_ms": self.latency_ms, "image": self.image or None,
             "model_name": self.model["name"], "model_version": self.model["version"],
-            "model_sha256": self.model["sha256"],
+            "model_sha256": self.model["sha256"], "gate": self.gate,
         }
 
 
@@ -81,12 +84,20 @@ def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, thres
         status = "refused" if isinstance(exc, InputRefused) else "failed"
         return ScreenResult(path, status, model.identity, sha256=getattr(exc, "sha256", None),
                             reason_code=exc.reason, reason=str(exc))
+    gate = gate_for(model)
+    checked = gate.check(image.pixels, path, allow_any_view=allow_any_view) if gate else None
+    if checked is not None and checked.refused:
+        return ScreenResult(path, "refused", model.identity, sha256=image.sha256, reason_code=checked.reason_code,
+                            reason=checked.reason, image=image.describe(), gate=checked.to_json())
+    described = image.describe()  # the file as it came, even when the gate turned or un-inverted it
+    if checked is not None and checked.verdict == "corrected":
+        image = replace(image, pixels=checked.pixels, width=checked.pixels.shape[1], height=checked.pixels.shape[0])
     tensor = preprocess(image.pixels, model.metadata.preprocessing)
     prediction = model.predict(tensor)
     decision = decide(prediction.probabilities, model.metadata, threshold)
     result = ScreenResult(path, "screened", model.identity, sha256=image.sha256, decision=decision,
-                          latency_ms=prediction.latency_ms, image=image.describe(),
-                          threshold_source=threshold_source)
+                          latency_ms=prediction.latency_ms, image=described, threshold_source=threshold_source,
+                          gate=checked.to_json() if checked else None)
     if on_screened is not None:
         result.review_images = on_screened(image, tensor, prediction, decision, model.metadata)
     return result

@@ -266,6 +266,27 @@ def study(
 
 
 @app.command()
+def gate(
+    data: Path = typer.Argument(..., help="The shared data folder (../shared/data): every frontal source and not-cxr/."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: image cache, gate.keras, cxr-gate.tflite, report."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    samples_per_epoch: int = typer.Option(10000, "--samples-per-epoch", min=64),
+    accept: float = typer.Option(0.5, "--accept", min=0.0, max=1.0, help="P(frontal) needed to pass."),
+    correct: float = typer.Option(0.9, "--correct", min=0.0, max=1.0,
+                                  help="P(turned or inverted) needed to correct instead of refusing."),
+    seed: int = typer.Option(0, "--seed"),
+    version: str = typer.Option("1.0.0", "--model-version", help="Gate version stored in its metadata."),
+) -> None:
+    """Train the input gate (frontal chest film or not, turned, inverted) and write it as int8 TFLite."""
+    from .gate import GateConfig, train
+
+    report = train(GateConfig(data=data, out=out, epochs=epochs, samples_per_epoch=samples_per_epoch,
+                              accept=accept, correct=correct, seed=seed, version=version),
+                   progress=lambda line: typer.echo(line, err=True))
+    typer.echo(json.dumps(report["held_out"], indent=1))
+
+
+@app.command()
 def presets() -> None:
     """List the model presets."""
     from models.architectures import PRESETS
