@@ -13,7 +13,8 @@ import typer
 
 from . import __version__
 from .calibration import resolve_threshold
-from .errors import CxrError, ExitCode, run_cli
+from .cli_common import add_version_option, run_cli
+from .errors import CxrError, ExitCode
 from .paths import default_log_path, default_model_path
 from .output import print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+add_version_option(app, "cxr-edge")
 
 ModelOption = typer.Option(None, "--model", "-m", envvar="CXR_EDGE_MODEL",
                            help="A cxr-edge .tflite file. Default: the model bundled with the package.")

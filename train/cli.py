@@ -14,12 +14,14 @@ from typing import List, Optional
 import typer
 
 from edge.datasets import CANONICAL_CLASSES, DEFAULT_ALIASES, SKIP, discover_many, parse_alias_overrides
-from edge.errors import CxrError, ExitCode, run_cli
+from edge.cli_common import add_version_option, run_cli
+from edge.errors import CxrError, ExitCode
 
 from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit
 
 app = typer.Typer(help="Audit chest X-ray datasets and train screening models (a screening aid, not a diagnosis).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+add_version_option(app, "cxr-train")
 
 DataArgument = typer.Argument(..., help="Dataset folders, CSV files (path,label) or train/val/test .txt lists.")
 AliasOption = typer.Option([], "--alias", "-a", help=f"NAME=CLASS mapping for a folder or label name (repeatable); "
@@ -283,7 +285,7 @@ def aliases() -> None:
 
 
 def main() -> None:
-    run_cli(app, "cxr-train", on_interrupt="interrupted (resume with --resume)")
+    run_cli(app, "cxr-train", on_interrupt="interrupted (resume with --resume)", train_extra=True)
 
 
 if __name__ == "__main__":
