@@ -14,6 +14,7 @@ import typer
 from . import __version__
 from .calibration import resolve_threshold
 from .cli_common import add_version_option, run_cli
+from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
 from .paths import default_log_path, default_model_path
 from .output import print_calibration, print_evaluation, print_results, progress_bar
@@ -97,7 +98,7 @@ def screen(
         results.append(result)
         shown.append(marked(result, earlier) if earlier else result)
     if not as_json:
-        print_results(shown, tflite, source)
+        print_results(shown, tflite, cutoff, source)
     if review_log is not None:
         review_log.close()
     if not results or any(not r.ok for r in results):
@@ -179,23 +180,29 @@ def calibrate(
     alias: Optional[List[str]] = AliasOption,
     split: Optional[str] = SplitOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the threshold without storing it."),
+    force: bool = typer.Option(False, "--force", help="Store it even when the sample is too small to trust "
+                               "(otherwise such a threshold is shown, not stored, and the exit code is 7)."),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration record as JSON."),
 ) -> None:
     """Choose this site's threshold for a target sensitivity; screen, watch and eval then use it for this
-    exact model file (tied to its sha256, never reused with another model)."""
+    exact model file (tied to its sha256, never reused with another model). Undo: cxr-edge thresholds."""
     from .calibration import store_threshold
     from .evaluation import calibrate as calibrate_scores
 
     tflite = load_model(model)
     record = calibrate_scores(tflite, _scored_folder(data, tflite, alias, split), sensitivity)
     record["data"] = [str(d) for d in data]
-    stored = None if dry_run else store_threshold(tflite.sha256, record)
+    refused = bool(record["warnings"]) and not force and not dry_run
+    record["forced"] = bool(record["warnings"]) and force and not dry_run
+    stored = None if dry_run or refused else store_threshold(tflite.sha256, record)
+    for warning in record["warnings"]:
+        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
     if as_json:
         typer.echo(json.dumps({**record, "stored_in": str(stored) if stored else None}, sort_keys=True))
     else:
-        print_calibration(record, stored)
-    for warning in record["warnings"]:
-        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
+        print_calibration(record, stored, refused)
+    if refused:
+        raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
 @app.command()
@@ -250,6 +257,7 @@ def watch(
 station_commands.register(app, model_option=ModelOption, log_option=LogOption, threshold_option=ThresholdOption,
                           delegate_option=DelegateOption, threads_option=ThreadsOption)
 
+app.add_typer(thresholds_app, name="thresholds")
 review_app = typer.Typer(help="Read the review log as a remote doctor: list, export a bundle, record verdicts.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")

@@ -87,7 +87,7 @@ def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:
         warnings.append(f"only {n_abnormal} abnormal and {n_normal} normal images (want at least {MIN_PER_GROUP} "
                         "of each): this threshold is too uncertain to trust; add images and calibrate again")
     low = wilson_interval(metrics["tp"], metrics["tp"] + metrics["fn"])
-    if low is not None and low[0] < target - 0.05:
+    if not warnings and low is not None and low[0] < target - 0.05:  # one warning, not two, for one problem
         warnings.append(f"the 95% interval of the sensitivity reached goes down to {low[0]:.3f}, well below "
                         f"the {target:.2f} asked for")
     return {

@@ -9,7 +9,7 @@ from rich.markup import escape
 from .review_log import NOTICE
 
 
-def print_results(results, model, threshold_source: str) -> None:
+def print_results(results, model, threshold: float, threshold_source: str) -> None:
     console = Console()
     table = Table(title="cxr-edge screening", title_justify="left")
     for column in ("File", "Decision", "Abnormality", "Top class", "Probabilities", "ms"):
@@ -25,7 +25,6 @@ def print_results(results, model, threshold_source: str) -> None:
             table.add_row(escape(r.file), f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
     console.print(table)
     meta = model.metadata
-    threshold = next((r.decision.threshold for r in results if r.ok), meta.threshold)
     console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
                   f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
                   highlight=False)
@@ -82,7 +81,7 @@ def _print_groups(console, report: dict) -> None:
     console.print(table)
 
 
-def print_calibration(record: dict, stored) -> None:
+def print_calibration(record: dict, stored, refused: bool = False) -> None:
     console = Console()
     ci = record["ci95"]
     console.print(
@@ -90,8 +89,15 @@ def print_calibration(record: dict, stored) -> None:
         f"{_ci(ci['sensitivity'])} (target {record['target_sensitivity']:.2f}) with specificity "
         f"{_fmt(record['specificity'])}{_ci(ci['specificity'])} on {record['n_abnormal']} abnormal and "
         f"{record['n_normal']} normal images.", highlight=False)
-    console.print(f"Stored in {escape(str(stored))}; screen, watch and eval use it with this model file only."
-                  if stored else "Dry run: nothing stored.", highlight=False)
+    if stored:
+        console.print(f"Stored in {escape(str(stored))}"
+                      f"{' despite the warnings (--force)' if record.get('forced') else ''}; screen, watch and "
+                      "eval use it with this model file only (undo: cxr-edge thresholds remove).", highlight=False)
+    elif refused:
+        console.print("Not stored: too uncertain (see the warning). Add images and calibrate again, or store it "
+                      "anyway with --force.", highlight=False)
+    else:
+        console.print("Dry run: nothing stored.", highlight=False)
     _print_model_line(console, record["model"])
 
 
