@@ -17,7 +17,7 @@ from .cli_common import add_version_option, run_cli
 from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
 from .paths import default_log_path, default_model_path
-from .output import print_calibration, print_evaluation, print_results, progress_bar
+from .output import batch_summary, print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
 from .runtime import TFLiteModel
 from .review.images import review_images
@@ -58,15 +58,36 @@ def log_path(log: Optional[Path]) -> Path:
     return log or default_log_path()
 
 
-def expand_inputs(paths: List[Path]) -> List[Path]:
-    """Files as given; folders become every non-hidden file below them, sorted."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
+
+
+def _looks_like_an_image(path: Path) -> bool:
+    """Inside a folder: an image name, or the bytes of one (extension-less DICOMs). README.md, labels.csv,
+    notes.txt are not screened; a broken file with an image name is, and is reported."""
+    from .decode import sniff_kind
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            sniff_kind(path, handle.read(132))
+        return True
+    except (OSError, CxrError):
+        return False
+
+
+def expand_inputs(paths: List[Path]) -> tuple[List[Path], List[Path]]:
+    """(files to screen, files skipped): files as given; folders become every non-hidden file below them
+    that is an image by name or by its bytes, sorted; the other files of a folder are skipped."""
     out: List[Path] = []
+    skipped: List[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+            for found in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                (out if _looks_like_an_image(found) else skipped).append(found)
         else:
             out.append(path)
-    return out
+    return out, skipped
 
 
 @app.command()
@@ -88,7 +109,11 @@ def screen(
     if review_log is not None:
         review_log.remember_model(tflite)
     results, shown = [], []
-    for path in expand_inputs(images):
+    files, skipped = expand_inputs(images)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        sys.stderr.write(f"cxr-edge: skipped {len(skipped)} file(s) in the folder(s) that are not images: {names}\n")
+    for path in files:
         result, exam_id, earlier = _screen_one(path, tflite, cutoff, source, any_view, review_log)
         if not result.ok:
             sys.stderr.write(f"cxr-edge: {result.status}: {result.reason}\n")
@@ -99,6 +124,9 @@ def screen(
         shown.append(marked(result, earlier) if earlier else result)
     if not as_json:
         print_results(shown, tflite, cutoff, source)
+    if len(results) > 1 or skipped:
+        summary = batch_summary(results, skipped)
+        (sys.stderr if as_json else sys.stdout).write(summary + "\n")
     if review_log is not None:
         review_log.close()
     if not results or any(not r.ok for r in results):

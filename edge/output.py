@@ -10,24 +10,45 @@ from .review_log import NOTICE
 
 
 def print_results(results, model, threshold: float, threshold_source: str) -> None:
+    """A table when it fits the terminal; else one line per image with the file name last and never
+    wrapped by us (probabilities are then in --json only)."""
+    from rich.measure import Measurement
+
     console = Console()
     table = Table(title="cxr-edge screening", title_justify="left")
-    for column in ("File", "Decision", "Abnormality", "Top class", "Probabilities", "ms"):
-        table.add_column(column, justify="right" if column in ("Abnormality", "ms") else "left", overflow="fold")
+    table.add_column("File", no_wrap=True)
+    for column in ("Decision", "Abnormality", "Top class", "Probabilities", "ms"):
+        table.add_column(column, justify="right" if column in ("Abnormality", "ms") else "left", no_wrap=True)
+    lines = []
     for r in results:
         if r.ok:
             d = r.decision
             style = "bold red" if d.decision == "refer" else "green"
             probs = "  ".join(f"{k} {v:.3f}" for k, v in d.probabilities.items())
-            table.add_row(escape(r.file), f"[{style}]{d.decision}[/]", f"{d.abnormality:.3f}", d.top_class,
-                          probs, f"{r.latency_ms:.1f}")
+            cells = (f"[{style}]{d.decision}[/]", f"{d.abnormality:.3f}", d.top_class, probs, f"{r.latency_ms:.1f}")
+            lines.append(f"[{style}]{d.decision:<8}[/] {d.abnormality:.3f}  {d.top_class:<12} {escape(r.file)}")
         else:
-            table.add_row(escape(r.file), f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
-    console.print(table)
+            cells = (f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
+            lines.append(f"[yellow]{r.status:<8}[/] {'':5}  {escape(r.reason_code or ''):<12} {escape(r.file)}")
+        table.add_row(escape(r.file), *cells)
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+        console.print(table)
+    else:
+        console.print("cxr-edge screening (probabilities: --json, or a wider terminal)", highlight=False)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
     meta = model.metadata
     console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
                   f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
                   highlight=False)
+
+
+def batch_summary(results, skipped=()) -> str:
+    """`N refer / M normal / K not screened` after a batch (and the non-image files a folder held)."""
+    refer = sum(1 for r in results if r.ok and r.decision.decision == "refer")
+    normal = sum(1 for r in results if r.ok and r.decision.decision == "normal")
+    line = f"{refer} refer / {normal} normal / {len(results) - refer - normal} not screened"
+    return line + (f" ({len(skipped)} non-image file(s) skipped)" if skipped else "")
 
 
 def _fmt(value, digits: int = 3) -> str:
