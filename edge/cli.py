@@ -197,6 +197,8 @@ def evaluate(
         print_evaluation(report)
     for failure in report["failed"]:
         sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
+    for warning in report["warnings"]:
+        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
 
 
 @app.command()

@@ -82,7 +82,7 @@ def print_evaluation(report: dict) -> None:
         f"Screening (refer when abnormality >= {s['threshold']:.3f}, from {s['threshold_source']}): "
         f"AUC {_fmt(s['auc'])}{_ci(ci['auc'])}, sensitivity {_fmt(s['sensitivity'])}{_ci(ci['sensitivity'])}, "
         f"specificity {_fmt(s['specificity'])}{_ci(ci['specificity'])}; TP {s['tp']} FP {s['fp']} TN {s['tn']} "
-        f"FN {s['fn']}. 95% intervals in brackets.", highlight=False)
+        f"FN {s['fn']}. 95% intervals in parentheses.", highlight=False)
     _print_groups(console, report)
     _print_model_line(console, report["model"])
 

@@ -164,3 +164,16 @@ def test_a_failed_input_shows_the_threshold_that_would_apply_with_its_source(tin
     run = cxr_edge("screen", "-m", tiny_model, "--no-log", "nonexistent.png")
     assert run.returncode == 1
     assert f"threshold {stored['threshold']:.3f} from site calibration" in " ".join(run.stdout.split())
+
+
+def test_eval_warns_once_on_a_small_sample_and_says_parentheses(tiny_model):
+    run = cxr_edge("eval", MINI, "-m", tiny_model, "--json")
+    report = json.loads(run.stdout)
+    n_abnormal, n_normal = report["screening"]["n_abnormal"], report["screening"]["n_normal"]
+    assert n_normal < 30 and report["warnings"] == [
+        f"only {n_abnormal} abnormal and {n_normal} normal images (want at least 30 of each): these metrics and "
+        "their intervals are too uncertain to judge or compare models"]
+    assert run.stderr.count("cxr-edge: warning:") == 1
+    human = cxr_edge("eval", MINI, "-m", tiny_model)
+    assert "95% intervals in parentheses" in " ".join(human.stdout.split()) and "brackets" not in human.stdout
+    assert human.stderr.count("cxr-edge: warning: only") == 1

@@ -183,11 +183,16 @@ def fit(
     name: str = typer.Option("cxr-screen", "--name", help="Model name stored in the metadata."),
     version: str = typer.Option("0.1.0", "--model-version", help="Model version stored in the metadata."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train again into an --out that holds a run."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Cap steps (quick tries)."),
     cache: Optional[Path] = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", help="One line per epoch instead of progress bars."),
 ) -> None:
     """Audit, split by near-duplicate groups, train, choose the threshold on validation, write the report."""
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):  # never silently replace a run
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise CxrError(f"{out} already holds files ({held}...); choose a new --out, continue that run with "
+                       "--resume, or replace it with --overwrite", code=ExitCode.USAGE, reason="run_exists")
     from .fit import FitConfig, run
 
     config = FitConfig(
