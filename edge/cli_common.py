@@ -104,14 +104,15 @@ def _fail(prog: str, message: str, code: int, label: str = "error: ") -> None:
 # TensorFlow's C++ start-up and converter chatter, written straight to file descriptor 2 (so neither
 # TF_CPP_MIN_LOG_LEVEL in TF 2.21 nor Python's logging reaches it): absl INFO/WARNING lines, the
 # absl pre-initialisation notice, the CPU-instructions hint, CUDA probing on machines without a GPU,
-# the TFLite calibrator's "fully_quantize: 0, inference_type: 6, ..." line. Errors that are not about
-# CUDA probing pass through, as does everything else.
+# the TFLite calibrator's "fully_quantize: 0, inference_type: 6, ..." line, the interpreter's XNNPACK
+# notice. Errors that are not about CUDA probing pass through, as does everything else.
 NOISE = re.compile(
     rb"^(?:[IW]\d{4} [\d:.]+ +\d+ [\w.\-]+:\d+\] .*"
     rb"|E\d{4} [\d:.]+ +\d+ [\w.\-]+:\d+\] .*(?:cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS|TensorRT).*"
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
     rb"|fully_quantize: \d+, inference_type: \d+, input_inference_type: .*"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     rb"|WARNING:absl:.*)\r?$")
 
 

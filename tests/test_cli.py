@@ -121,7 +121,8 @@ def test_the_noise_filter_keeps_real_errors():
     noise = [b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
              b"I0000 00:00:1795482930.822227   27555 port.cc:153] oneDNN custom operations are on.",
              b"E0000 00:00:1732000000.1 123 cuda_executor.cc:1228] failed call to cuInit: INTERNAL: CUDA error",
-             b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8, output_inference_type: INT8"]
+             b"fully_quantize: 0, inference_type: 6, input_inference_type: INT8, output_inference_type: INT8",
+             b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."]
     kept = [b"E0000 00:00:1732000000.1 123 op_kernel.cc:1818] OP_REQUIRES failed: out of memory",
             b"Traceback (most recent call last):", b"converters: error: x.keras: not found"]
     assert all(NOISE.match(line) for line in noise) and not any(NOISE.match(line) for line in kept)
