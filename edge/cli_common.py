@@ -116,9 +116,35 @@ NOISE = re.compile(
     rb"|WARNING:absl:.*)\r?$")
 
 
+NOISE_STARTS = (b"WARNING: All log messages", b"To enable the following", b"fully_quantize: ",
+                b"INFO: Created TensorFlow Lite", b"WARNING:absl:")
+
+
+def may_be_noise(start: bytes) -> bool:
+    """Could a line beginning with these bytes (no newline yet) turn out to be NOISE?"""
+    if start[:1] in (b"I", b"W", b"E") and (len(start) < 2 or start[1:2].isdigit()):
+        return True
+    return any(start[:len(prefix)] == prefix[:len(start)] for prefix in NOISE_STARTS)
+
+
+class _TtyAs:
+    """sys.stderr as before, except that isatty() answers for the terminal behind the filter, so
+    progress output still shows on a terminal."""
+
+    def __init__(self, stream, tty: bool):
+        self._stream, self._tty = stream, tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 class QuietStderr:
     """Route file descriptor 2 through a pipe and forward every line that is not TensorFlow noise.
-    A partial line (a progress bar, a prompt) is forwarded after 0.2 s without its newline."""
+    A partial line (a progress bar) is forwarded at once unless it may still become noise; then it
+    waits for its newline, or 0.2 s."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -126,9 +152,11 @@ class QuietStderr:
     def start(self) -> None:
         sys.stderr.flush()
         self._original = os.dup(2)
+        self._stream = sys.stderr
         read, write = os.pipe()
         os.dup2(write, 2)
         os.close(write)
+        sys.stderr = _TtyAs(self._stream, os.isatty(self._original))
         self._thread = threading.Thread(target=self._pump, args=(read,), name="stderr-filter", daemon=True)
         self._thread.start()
 
@@ -136,6 +164,7 @@ class QuietStderr:
         if self._thread is None:
             return
         sys.stderr.flush()
+        sys.stderr = self._stream
         os.dup2(self._original, 2)  # closes the pipe's write end: the pump sees the end and drains it
         self._thread.join(timeout=5)
         os.close(self._original)
@@ -156,6 +185,9 @@ class QuietStderr:
                     break
                 *lines, pending = (pending + chunk).split(b"\n")
                 self._emit(b"".join(line + b"\n" for line in lines if not NOISE.match(line)))
+                if pending and not may_be_noise(pending):
+                    self._emit(pending)
+                    pending = b""
         finally:
             if pending and not NOISE.match(pending):
                 self._emit(pending)

@@ -116,7 +116,7 @@ def test_tensorflow_start_up_noise_is_not_printed():
 
 
 def test_the_noise_filter_keeps_real_errors():
-    from edge.cli_common import NOISE
+    from edge.cli_common import NOISE, may_be_noise
 
     noise = [b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
              b"I0000 00:00:1795482930.822227   27555 port.cc:153] oneDNN custom operations are on.",
@@ -126,3 +126,30 @@ def test_the_noise_filter_keeps_real_errors():
     kept = [b"E0000 00:00:1732000000.1 123 op_kernel.cc:1818] OP_REQUIRES failed: out of memory",
             b"Traceback (most recent call last):", b"converters: error: x.keras: not found"]
     assert all(NOISE.match(line) for line in noise) and not any(NOISE.match(line) for line in kept)
+    assert all(may_be_noise(line[:n]) for line in noise for n in (1, 5, 12))
+    assert not any(may_be_noise(start) for start in (b"\rauditing: 50/5471", b"\x1b[2K", b"converters: e"))
+
+
+def test_progress_written_without_a_newline_passes_the_filter_at_once():
+    """A progress line (\r, no newline) must show while the command runs, not at its end: the child
+    blocks on stdin until the parent has received it, so only an immediate forward lets this finish."""
+    import select
+
+    code = ("import os, sys\n"
+            "from edge.cli_common import QuietStderr\n"
+            "quiet = QuietStderr(); quiet.start()\n"
+            "assert not sys.stderr.isatty()  # as the real stderr (a pipe here)\n"
+            "os.write(2, b'I0000 00:00:1.2 1 port.cc:153] noise\\n')\n"
+            "sys.stderr.write('\\rauditing: 50/100'); sys.stderr.flush()\n"
+            "sys.stdin.read(1)\n"
+            "quiet.stop()\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        ready, _, _ = select.select([process.stderr], [], [], 120)
+        first = os.read(process.stderr.fileno(), 100) if ready else b""
+    finally:
+        process.stdin.write(b"x")
+        process.stdin.close()
+    assert first == b"\rauditing: 50/100"  # the noise line before it was dropped
+    assert process.stderr.read() == b"" and process.wait(timeout=60) == 0
