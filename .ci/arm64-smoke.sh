@@ -63,6 +63,7 @@ chroot "$root" test -e /usr/lib/python3.11/EXTERNALLY-MANAGED \
     || fail "Debian's python3 is not marked EXTERNALLY-MANAGED; this would not test PEP 668"
 
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+echo "127.0.1.1 $(hostname)" >>"$root/etc/hosts"  # sudo resolves the host name
 # This machine's TLS trust (Debian's CAs plus any local one, e.g. an intercepting proxy's), so pip in the
 # chroot reaches PyPI exactly as it does on the host.
 [ -s /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"

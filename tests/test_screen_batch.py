@@ -16,10 +16,10 @@ from test_screen_cli import json_lines
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def screen(*args, columns: int = 80) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": str(columns)}
+def screen(*args, columns: int = 80, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "edge.cli", "screen", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=120)
+                          text=True, cwd=cwd, env=env, timeout=120)
 
 
 def station_folder(root: Path) -> Path:
@@ -56,7 +56,7 @@ def test_file_names_stay_whole_at_80_columns(tiny_model, tmp_path):
     for name in ("a-rather-long-exam-name-IM-0001-0002-normal.png", "IM000005", "c-broken.png"):
         assert any(line.rstrip().endswith(name) for line in run.stdout.splitlines()), (name, run.stdout)
     assert re.search(r"^\d+ refer / \d+ normal / 1 not screened", run.stdout, re.M), run.stdout
-    wide = screen("-m", tiny_model, "--no-log", root, columns=250)  # room for the whole table
+    wide = screen("-m", tiny_model, "--no-log", ".", columns=250, cwd=root)  # room for the whole table
     assert "Probabilities" in wide.stdout and "a-rather-long-exam-name-IM-0001-0002-normal.png" in wide.stdout
 
 
