@@ -16,6 +16,7 @@ from .calibration import resolve_threshold
 from .cli_common import add_version_option, run_cli
 from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
+from .inputs import expand_inputs
 from .paths import default_log_path, default_model_path
 from .output import batch_summary, print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
@@ -56,38 +57,6 @@ def load_model(model: Optional[Path], delegate: str = "cpu", threads: Optional[i
 
 def log_path(log: Optional[Path]) -> Path:
     return log or default_log_path()
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
-
-
-def _looks_like_an_image(path: Path) -> bool:
-    """Inside a folder: an image name, or the bytes of one (extension-less DICOMs). README.md, labels.csv,
-    notes.txt are not screened; a broken file with an image name is, and is reported."""
-    from .decode import sniff_kind
-
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as handle:
-            sniff_kind(path, handle.read(132))
-        return True
-    except (OSError, CxrError):
-        return False
-
-
-def expand_inputs(paths: List[Path]) -> tuple[List[Path], List[Path]]:
-    """(files to screen, files skipped): files as given; folders become every non-hidden file below them
-    that is an image by name or by its bytes, sorted; the other files of a folder are skipped."""
-    out: List[Path] = []
-    skipped: List[Path] = []
-    for path in paths:
-        if path.is_dir():
-            for found in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                (out if _looks_like_an_image(found) else skipped).append(found)
-        else:
-            out.append(path)
-    return out, skipped
 
 
 @app.command()
