@@ -13,7 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import typer  # noqa: E402
 
-from edge.errors import CxrError, ExitCode, run_cli  # noqa: E402
+from edge.cli_common import add_version_option, run_cli  # noqa: E402
+from edge.errors import CxrError, ExitCode  # noqa: E402
 
 app = typer.Typer(
     help="Convert a Keras model trained by cxr-train into TFLite files for the edge (metadata inside), "
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+add_version_option(app, "converters")
 
 DataOption = typer.Option(..., "--data", help="Labelled image folder (repeatable); the layouts cxr-train reads.")
 AliasOption = typer.Option(None, "--alias", help="Map a folder/label name to a class: NAME=CLASS or NAME=skip.")
@@ -86,8 +88,9 @@ def parity(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many images, class-stratified."),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Override the mode's top-1 "
                                                   "agreement tolerance."),
-    max_delta: Optional[float] = typer.Option(None, "--max-delta", help="Override the mode's tolerance on "
-                                              "accuracy, sensitivity, specificity and AUC deltas."),
+    max_delta: Optional[float] = typer.Option(None, "--max-delta", help="Override how far the .tflite's "
+                                              "accuracy and AUC (sensitivity, specificity with --check-screening) "
+                                              "may fall below the Keras model's."),
     max_prob_diff: Optional[float] = typer.Option(None, "--max-prob-diff", help="Override the largest allowed "
                                                   "probability difference (float modes)."),
     check_screening: bool = typer.Option(False, "--check-screening", help="Also fail on sensitivity/specificity "
@@ -271,12 +274,18 @@ def _print_parity(report: dict) -> None:
         delta = report["deltas"][key]
         typer.echo(f"  {key:<11} keras {_fmt(report['keras_metrics'][key])}  tflite "
                    f"{_fmt(report['tflite_metrics'][key])}  delta {'n/a' if delta is None else f'{delta:+.4f}'}")
+    for flip in report["top1_flips"][:5]:
+        typer.echo(f"  top-1 flip{' (borderline)' if flip['borderline'] else ''}: {flip['file']} keras "
+                   f"{flip['keras_class']} by a margin of {flip['keras_margin']:.4f}, tflite {flip['tflite_class']} "
+                   f"(conversion noise p95 {report['p95_abs_prob_diff']:.4f})")
     for flip in report["decision_flips"][:5]:
         typer.echo(f"  decision flip{' (borderline)' if flip['borderline'] else ''}: {flip['file']} abnormality "
                    f"keras {flip['keras_abnormality']:.6f} tflite {flip['tflite_abnormality']:.6f} "
                    f"(threshold {report['keras_metrics']['threshold']:.6f})")
     verdict = "PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"])
-    typer.echo(f"  {verdict} (tolerance {report['tolerance']}); {report['notice']}")
+    typer.echo(f"  {verdict}")
+    typer.echo(f"  tolerance: {report['tolerance_text']}")
+    typer.echo(f"  {report['notice']}")
 
 
 def _print_prune(report: dict) -> None:
@@ -291,7 +300,7 @@ def _print_prune(report: dict) -> None:
 
 
 def main() -> None:
-    run_cli(app, "converters")
+    run_cli(app, "converters", train_extra=True)
 
 
 if __name__ == "__main__":

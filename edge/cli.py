@@ -13,9 +13,12 @@ import typer
 
 from . import __version__
 from .calibration import resolve_threshold
-from .errors import CxrError, ExitCode, run_cli
+from .cli_common import add_version_option, run_cli
+from .cli_thresholds import thresholds_app
+from .errors import CxrError, ExitCode
+from .inputs import expand_inputs
 from .paths import default_log_path, default_model_path
-from .output import print_calibration, print_evaluation, print_results, progress_bar
+from .output import batch_summary, print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
 from .runtime import TFLiteModel
 from .review.images import review_images
@@ -31,6 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+add_version_option(app, "cxr-edge")
 
 ModelOption = typer.Option(None, "--model", "-m", envvar="CXR_EDGE_MODEL",
                            help="A cxr-edge .tflite file. Default: the model bundled with the package.")
@@ -56,17 +60,6 @@ def log_path(log: Optional[Path]) -> Path:
     return log or default_log_path()
 
 
-def expand_inputs(paths: List[Path]) -> List[Path]:
-    """Files as given; folders become every non-hidden file below them, sorted."""
-    out: List[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
-        else:
-            out.append(path)
-    return out
-
-
 @app.command()
 def screen(
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM) or folders of them."),
@@ -86,7 +79,11 @@ def screen(
     if review_log is not None:
         review_log.remember_model(tflite)
     results, shown = [], []
-    for path in expand_inputs(images):
+    files, skipped = expand_inputs(images)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        sys.stderr.write(f"cxr-edge: skipped {len(skipped)} file(s) in the folder(s) that are not images: {names}\n")
+    for path in files:
         result, exam_id, earlier = _screen_one(path, tflite, cutoff, source, any_view, review_log)
         if not result.ok:
             sys.stderr.write(f"cxr-edge: {result.status}: {result.reason}\n")
@@ -96,7 +93,10 @@ def screen(
         results.append(result)
         shown.append(marked(result, earlier) if earlier else result)
     if not as_json:
-        print_results(shown, tflite, source)
+        print_results(shown, tflite, cutoff, source)
+    if len(results) > 1 or skipped:
+        summary = batch_summary(results, skipped)
+        (sys.stderr if as_json else sys.stdout).write(summary + "\n")
     if review_log is not None:
         review_log.close()
     if not results or any(not r.ok for r in results):
@@ -170,6 +170,8 @@ def evaluate(
         print_evaluation(report)
     for failure in report["failed"]:
         sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
+    for warning in report["warnings"]:
+        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
 
 
 @app.command()
@@ -181,23 +183,29 @@ def calibrate(
     alias: Optional[List[str]] = AliasOption,
     split: Optional[str] = SplitOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the threshold without storing it."),
+    force: bool = typer.Option(False, "--force", help="Store it even when the sample is too small to trust "
+                               "(otherwise such a threshold is shown, not stored, and the exit code is 7)."),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration record as JSON."),
 ) -> None:
     """Choose this site's threshold for a target sensitivity; screen, watch and eval then use it for this
-    exact model file (tied to its sha256, never reused with another model)."""
+    exact model file (tied to its sha256, never reused with another model). Undo: cxr-edge thresholds."""
     from .calibration import store_threshold
     from .evaluation import calibrate as calibrate_scores
 
     tflite = load_model(model)
     record = calibrate_scores(tflite, _scored_folder(data, tflite, alias, split), sensitivity)
     record["data"] = [str(d) for d in data]
-    stored = None if dry_run else store_threshold(tflite.sha256, record)
+    refused = bool(record["warnings"]) and not force and not dry_run
+    record["forced"] = bool(record["warnings"]) and force and not dry_run
+    stored = None if dry_run or refused else store_threshold(tflite.sha256, record)
+    for warning in record["warnings"]:
+        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
     if as_json:
         typer.echo(json.dumps({**record, "stored_in": str(stored) if stored else None}, sort_keys=True))
     else:
-        print_calibration(record, stored)
-    for warning in record["warnings"]:
-        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
+        print_calibration(record, stored, refused)
+    if refused:
+        raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
 @app.command()
@@ -252,6 +260,7 @@ def watch(
 station_commands.register(app, model_option=ModelOption, log_option=LogOption, threshold_option=ThresholdOption,
                           delegate_option=DelegateOption, threads_option=ThreadsOption)
 
+app.add_typer(thresholds_app, name="thresholds")
 review_app = typer.Typer(help="Read the review log as a remote doctor: list, export a bundle, record verdicts.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")

@@ -38,13 +38,8 @@ class InputRefused(CxrError):
         super().__init__(message, code=ExitCode.INPUT_NOT_SCREENED, reason=reason)
 
 
-def run_cli(app, prog: str, *, on_interrupt: str = "interrupted") -> None:
-    """Run a typer app: a CxrError becomes one line on stderr and its exit code; Ctrl-C exits 130."""
-    try:
-        app()
-    except CxrError as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
-        sys.exit(int(exc.code))
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: {on_interrupt}\n")
-        sys.exit(130)
+def run_cli(app, prog: str, **options) -> None:
+    """See edge.cli_common.run_cli (kept here for the callers that import it from edge.errors)."""
+    from .cli_common import run_cli as run
+
+    run(app, prog, **options)

@@ -24,6 +24,7 @@ from .review_log import NOTICE
 from .runtime import TFLiteModel
 
 MIN_PER_GROUP = 60  # below this many normal or abnormal images a site threshold is a guess
+MIN_EVAL_PER_GROUP = 30  # below this many, eval's metrics say little (intervals wide or degenerate)
 
 
 @dataclass
@@ -95,8 +96,14 @@ def evaluation_report(model: TFLiteModel, scored: ScoredSet, threshold: float, t
     screening["threshold_source"] = threshold_source
     y = np.array([classes.index(label) for label in scored.labels])
     groups = breakdown(scored.samples, y, np.stack(scored.probabilities), classes, threshold)
-    return {**report, "screening": screening, "failed": scored.failed, "model": model.identity,
-            **groups, "gate": scored.gate or None, "notice": NOTICE}
+    n_abnormal, n_normal = int(scored.is_abnormal.sum()), int((~scored.is_abnormal).sum())
+    warnings = []
+    if min(n_abnormal, n_normal) < MIN_EVAL_PER_GROUP:
+        warnings.append(f"only {n_abnormal} abnormal and {n_normal} normal images (want at least "
+                        f"{MIN_EVAL_PER_GROUP} of each): these metrics and their intervals are too uncertain "
+                        "to judge or compare models")
+    return {**report, "screening": screening, "failed": scored.failed, "warnings": warnings,
+            "model": model.identity, **groups, "gate": scored.gate or None, "notice": NOTICE}
 
 
 def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:
@@ -114,7 +121,7 @@ def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:
         warnings.append(f"only {n_abnormal} abnormal and {n_normal} normal images (want at least {MIN_PER_GROUP} "
                         "of each): this threshold is too uncertain to trust; add images and calibrate again")
     low = wilson_interval(metrics["tp"], metrics["tp"] + metrics["fn"])
-    if low is not None and low[0] < target - 0.05:
+    if not warnings and low is not None and low[0] < target - 0.05:  # one warning, not two, for one problem
         warnings.append(f"the 95% interval of the sensitivity reached goes down to {low[0]:.3f}, well below "
                         f"the {target:.2f} asked for")
     return {

@@ -9,24 +9,36 @@ from rich.markup import escape
 from .review_log import NOTICE
 
 
-def print_results(results, model, threshold_source: str) -> None:
+def print_results(results, model, threshold: float, threshold_source: str) -> None:
+    """A table when it fits the terminal; else one line per image with the file name last and never
+    wrapped by us (probabilities are then in --json only)."""
+    from rich.measure import Measurement
+
     console = Console()
     table = Table(title="cxr-edge screening", title_justify="left")
-    for column in ("File", "Decision", "Abnormality", "Top class", "Probabilities", "ms"):
-        table.add_column(column, justify="right" if column in ("Abnormality", "ms") else "left", overflow="fold")
+    table.add_column("File", no_wrap=True)
+    for column in ("Decision", "Abnormality", "Top class", "Probabilities", "ms"):
+        table.add_column(column, justify="right" if column in ("Abnormality", "ms") else "left", no_wrap=True)
+    lines = []
     for r in results:
         if r.ok:
             d = r.decision
             style = "bold red" if d.decision == "refer" else "green"
             probs = "  ".join(f"{k} {v:.3f}" for k, v in d.probabilities.items())
-            table.add_row(escape(r.file), f"[{style}]{d.decision}[/]", f"{d.abnormality:.3f}", d.top_class,
-                          probs, f"{r.latency_ms:.1f}")
+            cells = (f"[{style}]{d.decision}[/]", f"{d.abnormality:.3f}", d.top_class, probs, f"{r.latency_ms:.1f}")
+            lines.append(f"[{style}]{d.decision:<8}[/] {d.abnormality:.3f}  {d.top_class:<12} {escape(r.file)}")
         else:
-            table.add_row(escape(r.file), f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
-    console.print(table)
+            cells = (f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
+            lines.append(f"[yellow]{r.status:<8}[/] {'':5}  {escape(r.reason_code or ''):<12} {escape(r.file)}")
+        table.add_row(escape(r.file), *cells)
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+        console.print(table)
+    else:
+        console.print("cxr-edge screening (probabilities: --json, or a wider terminal)", highlight=False)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
     _print_gate_lines(console, results)
     meta = model.metadata
-    threshold = next((r.decision.threshold for r in results if r.ok), meta.threshold)
     console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
                   f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
                   highlight=False)
@@ -43,6 +55,14 @@ def _print_gate_lines(console: Console, results) -> None:
         g = gates[0]
         console.print(f"input gate {escape(g['model_name'])} {escape(g['model_version'])} "
                       f"(sha256 {g['model_sha256'][:12]})", highlight=False)
+
+
+def batch_summary(results, skipped=()) -> str:
+    """`N refer / M normal / K not screened` after a batch (and the non-image files a folder held)."""
+    refer = sum(1 for r in results if r.ok and r.decision.decision == "refer")
+    normal = sum(1 for r in results if r.ok and r.decision.decision == "normal")
+    line = f"{refer} refer / {normal} normal / {len(results) - refer - normal} not screened"
+    return line + (f" ({len(skipped)} non-image file(s) skipped)" if skipped else "")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -76,7 +96,7 @@ def print_evaluation(report: dict) -> None:
         f"Screening (refer when abnormality >= {s['threshold']:.3f}, from {s['threshold_source']}): "
         f"AUC {_fmt(s['auc'])}{_ci(ci['auc'])}, sensitivity {_fmt(s['sensitivity'])}{_ci(ci['sensitivity'])}, "
         f"specificity {_fmt(s['specificity'])}{_ci(ci['specificity'])}; TP {s['tp']} FP {s['fp']} TN {s['tn']} "
-        f"FN {s['fn']}. 95% intervals in brackets.", highlight=False)
+        f"FN {s['fn']}. 95% intervals in parentheses.", highlight=False)
     _print_groups(console, report)
     gate = report.get("gate")
     if gate:
@@ -102,7 +122,7 @@ def _print_groups(console, report: dict) -> None:
     console.print(table)
 
 
-def print_calibration(record: dict, stored) -> None:
+def print_calibration(record: dict, stored, refused: bool = False) -> None:
     console = Console()
     ci = record["ci95"]
     console.print(
@@ -110,8 +130,15 @@ def print_calibration(record: dict, stored) -> None:
         f"{_ci(ci['sensitivity'])} (target {record['target_sensitivity']:.2f}) with specificity "
         f"{_fmt(record['specificity'])}{_ci(ci['specificity'])} on {record['n_abnormal']} abnormal and "
         f"{record['n_normal']} normal images.", highlight=False)
-    console.print(f"Stored in {escape(str(stored))}; screen, watch and eval use it with this model file only."
-                  if stored else "Dry run: nothing stored.", highlight=False)
+    if stored:
+        console.print(f"Stored in {escape(str(stored))}"
+                      f"{' despite the warnings (--force)' if record.get('forced') else ''}; screen, watch and "
+                      "eval use it with this model file only (undo: cxr-edge thresholds remove).", highlight=False)
+    elif refused:
+        console.print("Not stored: too uncertain (see the warning). Add images and calibrate again, or store it "
+                      "anyway with --force.", highlight=False)
+    else:
+        console.print("Dry run: nothing stored.", highlight=False)
     _print_model_line(console, record["model"])
 
 

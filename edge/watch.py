@@ -160,8 +160,9 @@ class ExamProcessor:
     def _move(self, path: Path, sha256: str, target: Path | None) -> None:
         if target is None or not path.exists():
             return
-        destination = move_into(path, self.options.folder, target)
-        self.store.note_move(sha256, path, destination)
+        # recorded before the source goes: a kill -9 between the two must not lose the destination
+        move_into(path, self.options.folder, target,
+                  before_unlink=lambda destination: self.store.note_move(sha256, path, destination))
 
 
 class Watcher:

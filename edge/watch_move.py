@@ -11,6 +11,7 @@ import filecmp
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -20,11 +21,15 @@ def _same_content(a: Path, b: Path) -> bool:
         return False
 
 
-def move_into(source: Path, root: Path, target_folder: Path) -> Path:
+def move_into(source: Path, root: Path, target_folder: Path,
+              before_unlink: Callable[[Path], None] | None = None) -> Path:
     """Move source (a file below root) to the same relative path below target_folder.
 
-    When a previous run was killed after copying but before removing the source, the finished
-    copy is found (same content) and only the source removal is redone.
+    before_unlink(destination) runs once the destination is complete and durable and before the
+    source is removed: the watcher records the destination there, so a kill -9 at any point leaves
+    either the source (and a restart redoes the move) or a recorded destination, never a moved
+    file whose destination nobody knows. When a previous run was killed after copying but before
+    removing the source, the finished copy is found (same content) and only the rest is redone.
     """
     try:
         relative = source.relative_to(root)
@@ -48,6 +53,8 @@ def move_into(source: Path, root: Path, target_folder: Path) -> Path:
     else:
         raise OSError(f"no free name for {wanted}")
     _fsync_folder(destination.parent)
+    if before_unlink is not None:
+        before_unlink(destination)
     os.unlink(source)
     _fsync_folder(source.parent)
     return destination

@@ -42,10 +42,15 @@ def test_readme_first_line_screens_the_samples_sensibly():
 
 
 def test_readme_quick_start_lines_are_what_ci_runs():
+    """.ci/run reads the quick-start lines out of README.md (.ci/lib.sh readme_line) and runs them verbatim."""
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    line1 = "pip install . && cxr-edge screen models/samples/pneumonia-child.png"
+    line1 = ("python3 -m venv .venv && . .venv/bin/activate && pip install . && "
+             "cxr-edge screen models/samples/pneumonia-child.png --no-log")
     line2 = 'pip install -e ".[train,test]" && python -m pytest'
-    assert line1 in readme and line2 in readme
-    assert line2 in ci.splitlines()
-    assert "cxr-edge screen models/samples/pneumonia-child.png" in ci
+    assert line1 in readme.splitlines() and line2 in readme.splitlines()
+    extracted = subprocess.run(["bash", "-c", "source .ci/lib.sh && readme_line 1 && readme_line 2"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+    assert extracted == [line1, line2]
+    assert 'bash -euo pipefail -c "$line1"' in ci and 'bash -euo pipefail -c "$line2"' in ci
+    assert "$(readme_line 1)" in ci and "$(readme_line 2)" in ci and ".ci/arm64-smoke.sh" in ci

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -50,11 +51,11 @@ def test_unknown_folder_lists_known_aliases(tiny_model, tmp_path):
 
 
 def test_calibrate_is_tied_to_the_model_hash(tiny_model, tiny_int8_model, tmp_path):
-    run = cxr_edge("calibrate", MINI, "-m", tiny_model, "--sensitivity", "0.9", "--json")
+    run = cxr_edge("calibrate", MINI, "-m", tiny_model, "--sensitivity", "0.9", "--json", "--force")
     assert run.returncode == 0, run.stderr
     record = json.loads(run.stdout)
     assert record["sensitivity"] >= 0.9 and record["target_sensitivity"] == 0.9
-    assert "too uncertain" in run.stderr  # 24 images are far too few, and it says so
+    assert "too uncertain" in run.stderr and record["forced"]  # 24 images are far too few, and it says so
     stored = json.loads(Path(record["stored_in"]).read_text())
     assert list(stored) == [record["model"]["sha256"]]
 
@@ -95,3 +96,84 @@ def test_eval_one_split_of_a_train_run_csv(tiny_model, tmp_path, monkeypatch):
     none = subprocess.run([sys.executable, "-m", "edge.cli", "eval", str(csv_file), "--split", "val", "-m",
                            str(tiny_model)], capture_output=True, text=True, timeout=120)
     assert none.returncode == 6 and "no image of split 'val'" in none.stderr
+
+
+def test_calibrate_does_not_store_an_uncertain_threshold_without_force(tiny_model):
+    run = cxr_edge("calibrate", MINI, "-m", tiny_model, "--json")
+    assert run.returncode == 7, run.stderr  # 24 images: shown, not stored
+    record = json.loads(run.stdout)
+    assert record["stored_in"] is None and not record["forced"] and record["warnings"]
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("cxr-edge: warning:")]
+    assert len(warnings) == 1 and len(run.stderr.splitlines()) == 1, run.stderr  # once, one line
+    human = cxr_edge("calibrate", MINI, "-m", tiny_model)
+    assert human.returncode == 7 and "Not stored" in human.stdout and "--force" in human.stdout
+    screen = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert screen["threshold_source"] == "model metadata"
+
+
+def test_thresholds_list_and_remove(tiny_model, tiny_int8_model):
+    assert "no site thresholds" in cxr_edge("thresholds", "list").stdout
+    for model in (tiny_model, tiny_int8_model):
+        assert cxr_edge("calibrate", MINI, "-m", model, "--force").returncode == 0
+    listed = json_lines(cxr_edge("thresholds", "list", "--json").stdout)
+    assert len(listed) == 2 and all(row["valid"] and row["record"]["forced"] for row in listed)
+    human = cxr_edge("thresholds", "list").stdout
+    assert "test-tiny 0.0.0: threshold" in human and "--force although too uncertain" in human
+
+    removed = cxr_edge("thresholds", "remove", "--model", tiny_model)
+    assert removed.returncode == 0 and "1 removed" in removed.stdout, removed.stderr
+    screen = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert screen["threshold_source"] == "model metadata"
+    other = listed[0]["model_sha256"] if listed[0]["model_sha256"] != screen["model"]["sha256"] \
+        else listed[1]["model_sha256"]
+    assert cxr_edge("thresholds", "remove", other[:10]).returncode == 0
+    assert "no site thresholds" in cxr_edge("thresholds", "list").stdout
+    missing = cxr_edge("thresholds", "remove", other[:10])
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "matches none" in missing.stderr
+
+
+@pytest.mark.parametrize("content, why", [
+    ('{{"{sha}": {{"threshold": 1.5}}}}', "not a number in [0, 1]"),
+    ('{{"{sha}": {{"threshold": NaN}}}}', "not a number in [0, 1]"),
+    ('{{"{sha}": {{"threshold": "0.5"}}}}', "is not a number"),
+    ('{{"{sha}": 0.5}}', "not an object"),
+    ('[0.5]', "one JSON object"),
+    ('{{"{sha}": {{"thresh', "unreadable"),
+])
+def test_an_invalid_site_threshold_is_one_clear_error_never_a_silent_normal(tiny_model, content, why):
+    sha = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]["model"]
+    path = Path(os.environ["CXR_EDGE_HOME"]) / "thresholds.json"
+    path.write_text(content.format(sha=sha["sha256"]))
+    for command in (("screen", "-m", tiny_model, "--no-log", NORMAL_SAMPLE), ("eval", MINI, "-m", tiny_model)):
+        run = cxr_edge(*command)
+        assert run.returncode == 5 and run.stdout == "", (run.stdout, run.stderr)
+        assert run.stderr.startswith(f"cxr-edge: error: {path}") and run.stderr.count("\n") == 1, run.stderr
+        assert why in run.stderr
+    listed = cxr_edge("thresholds", "list", "--json")
+    if "unreadable" in why or "one JSON object" in why:
+        assert listed.returncode == 5
+    else:
+        (row,) = [json.loads(line, parse_constant=pytest.fail) for line in listed.stdout.splitlines()]
+        assert not row["valid"] and why in row["invalid_reason"]
+        assert cxr_edge("thresholds", "remove", sha["sha256"][:12]).returncode == 0
+        assert cxr_edge("screen", "-m", tiny_model, "--no-log", NORMAL_SAMPLE).returncode == 0
+
+
+def test_a_failed_input_shows_the_threshold_that_would_apply_with_its_source(tiny_model):
+    stored = json.loads(cxr_edge("calibrate", MINI, "-m", tiny_model, "--force", "--json").stdout)
+    run = cxr_edge("screen", "-m", tiny_model, "--no-log", "nonexistent.png")
+    assert run.returncode == 1
+    assert f"threshold {stored['threshold']:.3f} from site calibration" in " ".join(run.stdout.split())
+
+
+def test_eval_warns_once_on_a_small_sample_and_says_parentheses(tiny_model):
+    run = cxr_edge("eval", MINI, "-m", tiny_model, "--json")
+    report = json.loads(run.stdout)
+    n_abnormal, n_normal = report["screening"]["n_abnormal"], report["screening"]["n_normal"]
+    assert n_normal < 30 and report["warnings"] == [
+        f"only {n_abnormal} abnormal and {n_normal} normal images (want at least 30 of each): these metrics and "
+        "their intervals are too uncertain to judge or compare models"]
+    assert run.stderr.count("cxr-edge: warning:") == 1
+    human = cxr_edge("eval", MINI, "-m", tiny_model)
+    assert "95% intervals in parentheses" in " ".join(human.stdout.split()) and "brackets" not in human.stdout
+    assert human.stderr.count("cxr-edge: warning: only") == 1

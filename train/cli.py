@@ -14,12 +14,14 @@ from typing import List, Optional
 import typer
 
 from edge.datasets import CANONICAL_CLASSES, DEFAULT_ALIASES, SKIP, discover_many, parse_alias_overrides
-from edge.errors import CxrError, ExitCode, run_cli
+from edge.cli_common import add_version_option, run_cli
+from edge.errors import CxrError, ExitCode
 
 from .audit import DEFAULT_MAX_DISTANCE, default_cache_path, run_audit
 
 app = typer.Typer(help="Audit chest X-ray datasets and train screening models (a screening aid, not a diagnosis).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+add_version_option(app, "cxr-train")
 
 DataArgument = typer.Argument(..., help="Dataset folders, CSV files (path,label) or train/val/test .txt lists.")
 AliasOption = typer.Option([], "--alias", "-a", help=f"NAME=CLASS mapping for a folder or label name (repeatable); "
@@ -181,11 +183,16 @@ def fit(
     name: str = typer.Option("cxr-screen", "--name", help="Model name stored in the metadata."),
     version: str = typer.Option("0.1.0", "--model-version", help="Model version stored in the metadata."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train again into an --out that holds a run."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Cap steps (quick tries)."),
     cache: Optional[Path] = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", help="One line per epoch instead of progress bars."),
 ) -> None:
     """Audit, split by near-duplicate groups, train, choose the threshold on validation, write the report."""
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):  # never silently replace a run
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise CxrError(f"{out} already holds files ({held}...); choose a new --out, continue that run with "
+                       "--resume, or replace it with --overwrite", code=ExitCode.USAGE, reason="run_exists")
     from .fit import FitConfig, run
 
     config = FitConfig(
@@ -304,7 +311,7 @@ def aliases() -> None:
 
 
 def main() -> None:
-    run_cli(app, "cxr-train", on_interrupt="interrupted (resume with --resume)")
+    run_cli(app, "cxr-train", on_interrupt="interrupted (resume with --resume)", train_extra=True)
 
 
 if __name__ == "__main__":
