@@ -10,7 +10,42 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
+import tempfile
 from pathlib import Path
+
+from .errors import CxrError, ExitCode
+from .names import shown
+
+PARTIAL_SUFFIX = ".cxr-edge-copy"
+
+
+def check_move_target(target: Path, folder: Path) -> int:
+    """At start: the --move-done/--move-failed folder exists (created if needed), is not the watch folder,
+    and is writable (a file is created and removed in it). Partial copies left by a killed watcher are
+    removed. Returns how many were removed. CxrError (one line) otherwise."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CxrError(f"{shown(target)}: cannot create folder ({exc.strerror or exc})", code=ExitCode.STORAGE,
+                       reason="move_target_unwritable") from None
+    if target.resolve() == folder.resolve():
+        raise CxrError(f"{shown(target)}: --move-done/--move-failed must not be the watch folder itself",
+                       code=ExitCode.USAGE, reason="bad_option")
+    try:
+        with tempfile.TemporaryFile(dir=target, prefix=".cxr-edge-probe-"):
+            pass
+    except OSError as exc:
+        raise CxrError(f"{shown(target)}: files cannot be moved here ({exc.strerror or exc}); fix the folder's "
+                       "permissions or mount, or choose another --move-done/--move-failed",
+                       code=ExitCode.STORAGE, reason="move_target_unwritable") from None
+    removed = 0
+    for partial in target.rglob(f".*{PARTIAL_SUFFIX}"):
+        try:
+            partial.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -54,11 +89,18 @@ def move_into(source: Path, root: Path, target_folder: Path) -> Path:
 
 
 def _copy_durably(source: Path, destination: Path) -> None:
-    tmp = destination.with_name(f".{destination.name}.cxr-edge-copy")
-    shutil.copy2(source, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, destination)
+    tmp = destination.with_name(f".{destination.name}{PARTIAL_SUFFIX}")
+    try:
+        shutil.copy2(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, destination)
+    except BaseException:  # disk full, read-only, interrupted: leave no partial copy behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fsync_folder(folder: Path) -> None:
