@@ -14,6 +14,7 @@ import typer
 from . import __version__
 from .calibration import resolve_threshold
 from .errors import CxrError, ExitCode, run_cli
+from .names import shown
 from .paths import default_log_path, default_model_path
 from .output import print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
@@ -112,7 +113,7 @@ def _screen_one(path: Path, tflite: TFLiteModel, cutoff: float, source: str, any
     earlier = earlier_result(review_log, path, tflite)
     if earlier is not None:
         result, row = earlier
-        sys.stderr.write(f"cxr-edge: {path}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
+        sys.stderr.write(f"cxr-edge: {shown(path)}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
                          "with this model; showing that result, not logging it again\n")
         return result, row["id"], row
     result = screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view,
