@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from images import NORMAL_SAMPLE
+from images import NORMAL_SAMPLE, PNEUMONIA_SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, env_home: Path, preexec=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CXR_EDGE_HOME": str(env_home), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CXR_EDGE_HOME": str(env_home), "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
     return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, cwd=ROOT, env=env,
                           timeout=timeout, preexec_fn=preexec)
 
@@ -31,8 +31,8 @@ def json_rows(stdout: bytes) -> list[dict]:
 def test_any_bytes_in_a_name_are_screened_and_shown_escaped(tiny_model, tmp_path):
     latin1 = os.fsdecode(bytes(tmp_path) + b"/M\xfcller.png")  # not UTF-8: a Latin-1 share
     forged = str(tmp_path / "x.png\n2026-01-01 INFO exam 1: normal\x1b[2J\x1b[31m.png")
-    for name in (latin1, forged):
-        shutil.copy(NORMAL_SAMPLE, name)
+    shutil.copy(NORMAL_SAMPLE, latin1)
+    shutil.copy(PNEUMONIA_SAMPLE, forged)  # another image: the same bytes twice would be one exam
     log = tmp_path / "log.sqlite"
     run = run_cli("screen", "-m", str(tiny_model), "--json", "--log", str(log), latin1, forged, env_home=tmp_path)
     assert run.returncode == 0, run.stderr
@@ -44,7 +44,7 @@ def test_any_bytes_in_a_name_are_screened_and_shown_escaped(tiny_model, tmp_path
         assert [r[0] for r in db.execute("SELECT file FROM exams ORDER BY id")] == [r["file"] for r in rows]
     table = run_cli("screen", "-m", str(tiny_model), "--no-log", latin1, forged, env_home=tmp_path)
     assert table.returncode == 0, table.stderr
-    assert b"\x1b" not in table.stdout and b"M\\xfcller.png" in table.stdout.replace(b"\n", b"")
+    assert b"\x1b" not in table.stdout and b"M\\xfcller.png" in table.stdout
     listing = run_cli("review", "list", "--log", str(log), env_home=tmp_path)
     assert listing.returncode == 0, listing.stderr
     assert b"\x1b" not in listing.stdout and b"M\\xfcller" in listing.stdout
