@@ -18,6 +18,18 @@ from test_screen_hostile import without_read_override
 from test_watch import DEADLINE, ROOT, SAMPLES, rows, stop, wait_for
 
 GOOD = SAMPLES / "normal-child.png"
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_watcher_left_behind():
+    """A failing test must not leave its watcher running (one that hangs would ignore SIGTERM)."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def start(folder: Path, log: Path, model: Path, out: Path, *extra: str, preexec=None) -> subprocess.Popen:
@@ -25,7 +37,9 @@ def start(folder: Path, log: Path, model: Path, out: Path, *extra: str, preexec=
            "--settle", "0.3", "--retry-delay", "0.5", *extra]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "ab") as handle:
-        return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec)
+        process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec)
+    STARTED.append(process)
+    return process
 
 
 def output(out: Path) -> str:
@@ -111,7 +125,6 @@ def test_folder_removed_and_recreated_is_watched_again(tiny_model, tmp_path):
     wait_for(lambda: "is gone" in output(out), "the watcher to notice the folder is gone", watcher)
     inbox.mkdir()
     wait_for(lambda: "re-armed" in output(out), "events to be re-armed", watcher)
-    time.sleep(0.5)  # not a race being waited out: the file must arrive after the rescan to prove the events
     shutil.copy(GOOD, inbox / "after.png")
     exams = wait_for(lambda: rows(log), "the new file to be screened from an event", watcher, timeout=60)
     assert stop(watcher) == 0
