@@ -300,7 +300,7 @@ def review_export(
     model limitations, a verdict form, programme plots) and the JSON records."""
     from .review_export import export_bundle
 
-    with ReviewLog(log_path(log), readonly=True) as review_log:
+    with ReviewLog(log_path(log), create=False) as review_log:  # writes: it records the bundle it made
         summary = export_bundle(review_log, out, since=since, include_all=include_all)
     typer.echo(summary)
 
