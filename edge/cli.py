@@ -280,7 +280,7 @@ def review_list(
     """List the exams in the review log (screened and quarantined), oldest first."""
     from .review import print_exam_table, select_exams
 
-    with ReviewLog(log_path(log), readonly=True) as review_log:
+    with ReviewLog(log_path(log), create=False, readonly=None) as review_log:
         exams = select_exams(review_log, referred=referred, since=since)
     if as_json:
         for exam in exams:

@@ -20,6 +20,7 @@ bundle held, so an imported verdicts file can be checked; `station` holds this l
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import urllib.parse
@@ -147,9 +148,12 @@ def utc_now() -> str:
 
 
 class ReviewLog:
-    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False):
-        """readonly: for commands that only read (review list/export): opened with SQLite's mode=ro."""
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool | None = False):
+        """readonly: open with SQLite's mode=ro. None (commands that only read, like `review list`): read-write
+        when allowed, so an older log gets its new tables, else read-only (a log on a read-only medium)."""
         self.path = Path(path)
+        if readonly is None:
+            readonly = not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
         if (readonly or not create) and not self.path.is_file():
             raise CxrError(f"{self.path}: no review log here (nothing screened yet, or another --log?)",
                            code=ExitCode.STORAGE, reason="log_missing")
@@ -173,6 +177,15 @@ class ReviewLog:
         tables added first, which the read-write open does."""
         uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
         self.db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        try:
+            self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            # A WAL log in a folder we may not write (a read-only copy) cannot get its -shm file. Without a
+            # -wal file beside it everything is in the main file, which SQLite can then read as immutable.
+            if Path(f"{self.path}-wal").exists():
+                raise
+            self.db.close()
+            self.db = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30.0, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self._check_integrity()
         present = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -186,7 +199,9 @@ class ReviewLog:
         results that `review list/export` could not give back."""
         try:
             problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError:  # locked, read-only, cannot open: not damage; said by the caller
+            raise
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
             problems = [str(exc)]
         if problems != ["ok"]:
             self.db.close()

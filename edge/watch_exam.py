@@ -174,7 +174,8 @@ class ExamProcessor:
         if target is None or not path.exists():
             return
         try:
-            destination = move_into(path, self.options.folder, target)
+            move_into(path, self.options.folder, target,
+                      on_placed=lambda destination: self.store.note_move(sha256, path, destination))
         except OSError as exc:
             count = self.move_failures[path] = self.move_failures.get(path, 0) + 1
             problem = f"{shown(path)}: result recorded, but the file cannot be moved to {shown(target)} " \
@@ -191,4 +192,3 @@ class ExamProcessor:
                 self.warn(f"{problem}; will retry at the next rescan")
             return
         self.move_failures.pop(path, None)
-        self.store.note_move(sha256, path, destination)

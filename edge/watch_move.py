@@ -55,11 +55,13 @@ def _same_content(a: Path, b: Path) -> bool:
         return False
 
 
-def move_into(source: Path, root: Path, target_folder: Path) -> Path:
+def move_into(source: Path, root: Path, target_folder: Path, on_placed=None) -> Path:
     """Move source (a file below root) to the same relative path below target_folder.
 
     When a previous run was killed after copying but before removing the source, the finished
-    copy is found (same content) and only the source removal is redone.
+    copy is found (same content) and only the source removal is redone. on_placed(destination) runs
+    once the copy is durable and before the source is removed, so the caller can note where the file
+    went without a window in which a kill loses that note.
     """
     try:
         relative = source.relative_to(root)
@@ -83,6 +85,8 @@ def move_into(source: Path, root: Path, target_folder: Path) -> Path:
     else:
         raise OSError(f"no free name for {wanted}")
     _fsync_folder(destination.parent)
+    if on_placed is not None:
+        on_placed(destination)
     os.unlink(source)
     _fsync_folder(source.parent)
     return destination

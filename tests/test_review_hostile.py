@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "models" / "samples" / "normal-child.png"
 
 
-def cli(*args, home: Path) -> subprocess.CompletedProcess:
+def cli(*args, home: Path, preexec=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "CXR_EDGE_HOME": str(home), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=120)
+                          cwd=ROOT, env=env, timeout=120, preexec_fn=preexec)
 
 
 def filled_log(path: Path, n: int = 60) -> Path:
@@ -60,6 +60,22 @@ def test_read_only_commands_open_the_log_read_only(tmp_path):
     with pytest.raises(CxrError) as info:
         ReviewLog(tmp_path / "missing.sqlite", readonly=True)
     assert info.value.reason == "log_missing" and not (tmp_path / "missing.sqlite").exists()
+
+
+def test_review_list_reads_a_log_it_may_not_write(tmp_path):
+    from test_screen_hostile import without_read_override
+
+    folder = tmp_path / "copy-from-the-station"
+    folder.mkdir()
+    log = filled_log(folder / "review.sqlite", 2)
+    log.chmod(0o444)
+    folder.chmod(0o555)  # a read-only copy: no -wal/-shm can be created beside it
+    run = cli("review", "list", "--json", "--log", log, home=tmp_path, preexec=without_read_override())
+    folder.chmod(0o755)
+    if run.returncode == 97:
+        pytest.skip("cannot drop root's file-read override here (no CAP_SETPCAP)")
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 2
 
 
 @pytest.mark.parametrize("args", [
