@@ -17,6 +17,7 @@ from .cli_common import add_version_option, run_cli
 from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
 from .inputs import expand_inputs
+from .names import shown
 from .paths import default_log_path, default_model_path
 from .output import batch_summary, print_calibration, print_evaluation, print_results, progress_bar
 from .review_log import ReviewLog
@@ -62,7 +63,8 @@ def log_path(log: Optional[Path]) -> Path:
 
 @app.command()
 def screen(
-    images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM) or folders of them."),
+    images: List[Path] = typer.Argument(..., readable=False,  # an unreadable file is one result row, not exit 2
+                                        help="Image files (PNG, JPEG, DICOM) or folders of them."),
     model: Optional[Path] = ModelOption,
     threshold: Optional[float] = ThresholdOption,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line per image on stdout."),
@@ -111,7 +113,7 @@ def _screen_one(path: Path, tflite: TFLiteModel, cutoff: float, source: str, any
     earlier = earlier_result(review_log, path, tflite)
     if earlier is not None:
         result, row = earlier
-        sys.stderr.write(f"cxr-edge: {path}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
+        sys.stderr.write(f"cxr-edge: {shown(path)}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
                          "with this model; showing that result, not logging it again\n")
         return result, row["id"], row
     result = screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view,
@@ -236,6 +238,14 @@ def watch(
                                    "further files wait on disk."),
     once: bool = typer.Option(False, "--once", help="Process the files already there, then exit."),
     forward: Optional[str] = ForwardOption,
+    incomplete_wait: float = typer.Option(30.0, "--incomplete-wait", min=0.0, help="A file that fails to "
+                                          "decode is quarantined only once it has not changed for this many "
+                                          "seconds (a writer that stalls mid-file is waited for)."),
+    write_timeout: float = typer.Option(600.0, "--write-timeout", min=0.0, help="inotify: a file still open "
+                                        "for writing is read after this many seconds without a change."),
+    rescreen_failed: bool = typer.Option(False, "--rescreen-failed", help="Screen again the exams quarantined "
+                                         "as internal_error or unsupported_compression (after an upgrade), "
+                                         "moving them back from --move-failed."),
     delegate: str = DelegateOption,
     threads: Optional[int] = ThreadsOption,
     any_view: bool = AnyViewOption,
@@ -249,7 +259,8 @@ def watch(
         folder=absolute(folder), log=log_path(log), threshold=cutoff, threshold_source=source, poll=poll,
         poll_interval=poll_interval, settle=settle, retries=retries, retry_delay=retry_delay, rescan=rescan,
         queue_size=queue_size, move_done=absolute(move_done), move_failed=absolute(move_failed),
-        log_file=log_file, allow_any_view=any_view, once=once)
+        log_file=log_file, allow_any_view=any_view, once=once, incomplete_wait=incomplete_wait,
+        write_timeout=write_timeout, rescreen_failed=rescreen_failed)
     from .station.forwarder import forwarding, parse_destination
 
     with forwarding(parse_destination(forward) if forward else None, options.log, tflite,
@@ -278,7 +289,7 @@ def review_list(
     """List the exams in the review log (screened and quarantined), oldest first."""
     from .review import print_exam_table, select_exams
 
-    with ReviewLog(log_path(log), create=False) as review_log:
+    with ReviewLog(log_path(log), create=False, readonly=None) as review_log:
         exams = select_exams(review_log, referred=referred, since=since)
     if as_json:
         for exam in exams:
@@ -298,7 +309,7 @@ def review_export(
     model limitations, a verdict form, programme plots) and the JSON records."""
     from .review_export import export_bundle
 
-    with ReviewLog(log_path(log), create=False) as review_log:
+    with ReviewLog(log_path(log), create=False) as review_log:  # writes: it records the bundle it made
         summary = export_bundle(review_log, out, since=since, include_all=include_all)
     typer.echo(summary)
 

@@ -7,23 +7,28 @@ Format is recognised from the file's bytes, never from its extension.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
+import os
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import CxrError, InputRefused
+from .decode_header import check_budget, jpeg_header, png_header, read_regular_file
+from .decode_pixels import check_dynamic_range, robust_unit, to_grey
+from .errors import CxrError
+from .names import shown
 
 MIN_SIDE = 32  # pydicom ships 32x32 CR files that must decode; anything smaller is not a radiograph
-ACCEPTED_MODALITIES = ("CR", "DX", "DR")
-LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE LATERAL")
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "PORT CHEST", "")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+_STDERR_LOCK = threading.Lock()
 
 
 @dataclass
@@ -49,7 +54,7 @@ def sniff_kind(path: Path, head: bytes) -> str:
         return "dicom"
     if path.suffix.lower() in (".dcm", ".dicom", "") and _looks_like_raw_dicom(head):
         return "dicom"
-    raise CxrError(f"{path}: not an image (no PNG, JPEG or DICOM signature)", reason="not_an_image")
+    raise CxrError(f"{shown(path)}: not an image (no PNG, JPEG or DICOM signature)", reason="not_an_image")
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
@@ -60,7 +65,7 @@ def _looks_like_raw_dicom(head: bytes) -> bool:
 def load_image(path: str | Path, *, allow_any_view: bool = False) -> DecodedImage:
     """Read one file; raise CxrError (one line, with the file and the reason) when it cannot be used."""
     path = Path(path)
-    data = _read_bytes(path)
+    data = read_regular_file(path)
     digest = hashlib.sha256(data).hexdigest()
     try:
         image = _decode(path, data, allow_any_view)
@@ -74,139 +79,74 @@ def load_image(path: str | Path, *, allow_any_view: bool = False) -> DecodedImag
 def _decode(path: Path, data: bytes, allow_any_view: bool) -> DecodedImage:
     kind = sniff_kind(path, data[:132])
     if kind == "dicom":
-        image = _decode_dicom(path, data, allow_any_view=allow_any_view)
+        from .decode_dicom import decode_dicom  # deferred: only DICOM inputs pay for importing pydicom
+
+        pixels, bits, info = decode_dicom(path, data, allow_any_view=allow_any_view)
+        image = DecodedImage(pixels, "dicom", bits, pixels.shape[1], pixels.shape[0], info=info)
     else:
         image = _decode_raster(path, data, kind)
     if min(image.width, image.height) < MIN_SIDE:
         raise CxrError(
-            f"{path}: image is {image.width}x{image.height} px, too small for a radiograph (min {MIN_SIDE} px)",
-            reason="too_small",
-        )
+            f"{shown(path)}: image is {image.width}x{image.height} px, too small for a radiograph "
+            f"(min {MIN_SIDE} px)", reason="too_small")
+    check_dynamic_range(path, image.pixels)
     return image
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CxrError(f"{path}: file not found", reason="not_found") from None
-    except IsADirectoryError:
-        raise CxrError(f"{path}: is a folder, not an image file", reason="not_a_file") from None
-    except OSError as exc:
-        raise CxrError(f"{path}: cannot be read ({exc.strerror or exc})", reason="unreadable") from None
-    if not data:
-        raise CxrError(f"{path}: file is empty (0 bytes)", reason="empty_file")
-    return data
-
-
-def _check_complete(path: Path, data: bytes, kind: str) -> None:
-    # OpenCV silently returns a half-grey image for a truncated JPEG; refuse instead of scoring it.
-    if kind == "png" and b"IEND" not in data[-64:]:
-        raise CxrError(f"{path}: PNG is truncated (no IEND chunk); was it still being copied?", reason="truncated")
-    if kind == "jpeg" and b"\xff\xd9" not in data[-1024:]:
-        raise CxrError(f"{path}: JPEG is truncated (no end-of-image marker)", reason="truncated")
-
-
 def _decode_raster(path: Path, data: bytes, kind: str) -> DecodedImage:
-    _check_complete(path, data, kind)
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    header = png_header(path, data) if kind == "png" else jpeg_header(path, data)
+    # OpenCV silently returns a half-grey image for a truncated file; refuse instead of scoring it.
+    if not header.complete:
+        end = "no IEND chunk" if kind == "png" else "no end-of-image marker after the image data"
+        raise CxrError(f"{shown(path)}: {kind.upper()} is truncated ({end}); was it still being copied?",
+                       reason="truncated")
+    check_budget(path, header)
+    array, messages = _imdecode(data) if kind == "jpeg" else (_cv2_decode(data), "")
     if array is None or array.size == 0:
-        raise CxrError(f"{path}: {kind.upper()} data is corrupt and cannot be decoded", reason="corrupt")
+        raise CxrError(f"{shown(path)}: {kind.upper()} data is corrupt and cannot be decoded", reason="corrupt")
+    if "premature end" in messages.lower():  # libjpeg: the scan data stops early (cut, EOI appended)
+        raise CxrError(f"{shown(path)}: JPEG image data ends before the image is complete (cut or damaged "
+                       "file)", reason="truncated")
     bits = 16 if array.dtype == np.uint16 else 8
-    grey = _to_grey(array)
+    grey = to_grey(array)
     if bits == 8:
-        pixels = grey.astype(np.float32) / 255.0
+        pixels = grey.astype(np.float32) / np.float32(255.0)
     else:
-        pixels = _min_max(grey)
+        pixels = robust_unit(path, grey)
     return DecodedImage(pixels, kind, bits, pixels.shape[1], pixels.shape[0])
 
 
-def _to_grey(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        return array
-    if array.shape[2] == 4:
-        array = array[:, :, :3]
-    if array.shape[2] == 1:
-        return array[:, :, 0]
-    return cv2.cvtColor(array, cv2.COLOR_BGR2GRAY)
+def _cv2_decode(data: bytes) -> np.ndarray | None:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def _min_max(array: np.ndarray) -> np.ndarray:
-    array = array.astype(np.float32)
-    lo, hi = float(array.min()), float(array.max())
-    if hi <= lo:
-        return np.zeros_like(array)
-    array -= lo
-    array /= hi - lo
-    return array
+def _imdecode(data: bytes) -> tuple[np.ndarray | None, str]:
+    """cv2.imdecode, plus the warnings its libjpeg prints on the native stderr: it reports a scan
+    that ends early ("Premature end of data segment") only there. One decode at a time (the file
+    descriptor is process-wide); other output written to stderr meanwhile is passed on."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        with _native_stderr_to(captured):
+            array = _cv2_decode(data)
+        captured.seek(0)
+        lines = captured.read().decode("utf-8", "replace").splitlines()
+    ours = [line for line in lines if "JPEG" in line]
+    others = [line for line in lines if line not in ours]
+    if others:
+        sys.stderr.write("\n".join(others) + "\n")
+    return array, "\n".join(ours)
 
 
-def _decode_dicom(path: Path, data: bytes, *, allow_any_view: bool) -> DecodedImage:
-    import pydicom  # deferred: only DICOM inputs pay for importing it
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
+@contextlib.contextmanager
+def _native_stderr_to(handle):
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as exc:  # pydicom raises many types for damaged files
-        raise CxrError(f"{path}: DICOM cannot be parsed ({_short(exc)})", reason="corrupt") from None
-    info = {
-        "modality": str(ds.get("Modality", "") or ""),
-        "view_position": str(ds.get("ViewPosition", "") or ""),
-        "body_part": str(ds.get("BodyPartExamined", "") or ""),
-        "photometric": str(ds.get("PhotometricInterpretation", "") or ""),
-        "bits_stored": _int_tag(path, ds, "BitsStored", default=0),
-    }
-    if not allow_any_view:
-        _refuse_non_chest_xray(path, info)
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise CxrError(f"{path}: DICOM has no pixel data", reason="no_pixel_data")
-    frames = _int_tag(path, ds, "NumberOfFrames", default=1)
-    if frames > 1:
-        raise InputRefused(f"{path}: DICOM holds {frames} frames; a chest radiograph has one", reason="multi_frame")
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2: nothing to capture
+        yield
+        return
     try:
-        raw = ds.pixel_array
-    except Exception as exc:
-        raise CxrError(f"{path}: DICOM pixel data cannot be decoded ({_short(exc)})", reason="corrupt") from None
-    if info["photometric"] in ("MONOCHROME1", "MONOCHROME2"):
-        values = apply_voi_lut(apply_modality_lut(raw, ds), ds).astype(np.float32)
-        pixels = _min_max(values)
-        if info["photometric"] == "MONOCHROME1":  # 0 means white: invert so bone is bright like PNGs
-            pixels = 1.0 - pixels
-    else:
-        pixels = _min_max(_to_grey(np.asarray(raw)))
-    bits = info["bits_stored"] or int(raw.dtype.itemsize * 8)
-    return DecodedImage(pixels, "dicom", bits, pixels.shape[1], pixels.shape[0], info=info)
-
-
-def _int_tag(path: Path, ds, keyword: str, *, default: int) -> int:
-    try:
-        return int(ds.get(keyword, default) or default)
-    except (TypeError, ValueError):
-        raise CxrError(f"{path}: DICOM tag {keyword} is not a number ({ds.get(keyword)!r})",
-                       reason="corrupt") from None
-
-
-def _refuse_non_chest_xray(path: Path, info: dict) -> None:
-    modality = info["modality"].upper()
-    if modality not in ACCEPTED_MODALITIES:
-        shown = modality or "missing"
-        raise InputRefused(
-            f"{path}: DICOM modality is {shown}, not a radiograph (CR/DX/DR); use --any-view to override",
-            reason="unsupported_modality",
-        )
-    if info["view_position"].upper() in LATERAL_VIEWS:
-        raise InputRefused(
-            f"{path}: lateral view ({info['view_position']}); the model reads frontal PA/AP views only; "
-            "use --any-view to override",
-            reason="lateral_view",
-        )
-    if info["body_part"].upper() not in CHEST_BODY_PARTS:
-        raise InputRefused(
-            f"{path}: body part is {info['body_part']}, not chest; use --any-view to override",
-            reason="not_chest",
-        )
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+        os.dup2(handle.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,8 @@ SCHEMA_VERSION = 1
 INTENDED_USE = ("Screening aid: flags chest X-rays for review by a doctor. "
                 "Not a diagnostic device; a normal result does not rule out disease.")
 NORMAL_CLASS = "normal"
+CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+/-]{0,63}$")  # printable as is: no markup, no controls
+MAX_METADATA_BYTES = 1 << 20
 
 
 @dataclass
@@ -43,10 +47,14 @@ class ModelMetadata:
     gate: dict = field(default_factory=dict)  # a classifier may pin its gate: {"file": ..., "sha256": ...}
 
     def validate(self) -> None:
+        problems = _type_problems(self)
+        if problems:
+            raise CxrError("model metadata is malformed: " + "; ".join(problems), code=ExitCode.MODEL,
+                           reason="bad_metadata")
         if self.task == "screening" and NORMAL_CLASS not in self.classes:
             raise CxrError(f"model metadata has no '{NORMAL_CLASS}' class (classes: {self.classes})",
                            code=ExitCode.MODEL, reason="bad_metadata")
-        if not 0.0 <= self.threshold <= 1.0:
+        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise CxrError(f"model metadata threshold {self.threshold} is outside [0, 1]",
                            code=ExitCode.MODEL, reason="bad_metadata")
         self.preprocessing.validate()
@@ -65,6 +73,17 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelMetadata":
+        if not isinstance(data, dict) or not isinstance(data.get("preprocessing"), dict):
+            raise CxrError("model metadata is malformed: not an object with a 'preprocessing' object",
+                           code=ExitCode.MODEL, reason="bad_metadata")
+        problems = [f"preprocessing {key} is {value!r}, not a whole number"
+                    for key, value in data["preprocessing"].items()
+                    if key in ("height", "width", "channels") and not _is_int(value)]
+        problems += [f"preprocessing {key} is {value!r}, not a name" for key, value in data["preprocessing"].items()
+                     if key in ("resize", "interpolation", "scale") and not isinstance(value, str)]
+        if problems:
+            raise CxrError("model metadata is malformed: " + "; ".join(problems), code=ExitCode.MODEL,
+                           reason="bad_metadata")
         try:
             fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
             fields["preprocessing"] = PreprocessSpec.from_dict(data["preprocessing"])
@@ -108,9 +127,48 @@ def read_model_file(path: str | Path) -> tuple[bytes, ModelMetadata]:
     if METADATA_NAME not in entries:
         raise CxrError(f"{path}: TFLite model has no cxr-edge metadata; convert it with `converters quantize`",
                        code=ExitCode.MODEL, reason="no_metadata")
+    payload = entries[METADATA_NAME]
+    if len(payload) > MAX_METADATA_BYTES:
+        raise CxrError(f"{path}: cxr-edge metadata is {len(payload)} bytes, over {MAX_METADATA_BYTES}",
+                       code=ExitCode.MODEL, reason="bad_metadata")
     try:
-        raw = json.loads(entries[METADATA_NAME].decode("utf-8"))
+        raw = json.loads(payload.decode("utf-8"))
+    except RecursionError:
+        raise CxrError(f"{path}: cxr-edge metadata is nested too deeply to be read", code=ExitCode.MODEL,
+                       reason="bad_metadata") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CxrError(f"{path}: cxr-edge metadata is not valid JSON ({exc})", code=ExitCode.MODEL,
                        reason="bad_metadata") from None
     return data, ModelMetadata.from_dict(raw)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_problems(meta: ModelMetadata) -> list[str]:
+    """What a hand-edited or hostile metadata block can get wrong that would crash later or mislead."""
+    problems = []
+    for key in ("name", "version"):
+        value = getattr(meta, key)
+        if not isinstance(value, str) or not value.isprintable() or not 0 < len(value) <= 128:
+            problems.append(f"{key} must be a short printable text, not {value!r:.80}")
+    classes = meta.classes
+    if not isinstance(classes, list) or not 2 <= len(classes) <= 64:
+        problems.append(f"classes must be a list of 2 to 64 names, not {classes!r:.80}")
+    else:
+        bad = [c for c in classes if not isinstance(c, str) or not CLASS_NAME.match(c)]
+        if bad:
+            problems.append(f"class names must be plain words (letters, digits, space, _ . + / -): {bad!r:.120}")
+        elif len(set(classes)) != len(classes):
+            problems.append(f"class names repeat: {classes}")
+    outputs = meta.outputs
+    if not isinstance(outputs, dict) or "probabilities" not in outputs:
+        problems.append(f"outputs must map names to output indices and name 'probabilities', not {outputs!r:.80}")
+    elif not all(isinstance(k, str) and _is_int(v) and 0 <= v < 64 for k, v in outputs.items()):
+        problems.append(f"output indices must be whole numbers from 0: {outputs!r:.120}")
+    elif len(set(outputs.values())) != len(outputs):
+        problems.append(f"two outputs share one index: {outputs}")
+    if isinstance(meta.threshold, bool) or not isinstance(meta.threshold, (int, float)):
+        problems.append(f"threshold must be a number, not {meta.threshold!r:.40}")
+    return problems

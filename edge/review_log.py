@@ -20,12 +20,16 @@ bundle held, so an imported verdicts file can be checked; `station` holds this l
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
+import urllib.parse
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import CxrError, ExitCode
+from .names import one_line
 
 NOTICE = "screening aid, not a diagnosis"
 STATUSES = ("screened", "refused", "failed", "quarantined")
@@ -144,22 +148,66 @@ def utc_now() -> str:
 
 
 class ReviewLog:
-    def __init__(self, path: str | Path, *, create: bool = True):
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool | None = False):
+        """readonly: open with SQLite's mode=ro. None (commands that only read, like `review list`): read-write
+        when allowed, so an older log gets its new tables, else read-only (a log on a read-only medium)."""
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        if readonly is None:
+            readonly = not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+        if (readonly or not create) and not self.path.is_file():
             raise CxrError(f"{self.path}: no review log here (nothing screened yet, or another --log?)",
                            code=ExitCode.STORAGE, reason="log_missing")
         try:
+            if readonly and self._open_readonly():
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self.db.row_factory = sqlite3.Row
+            self._check_integrity()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             _add_gate_column(self.db)
         except (OSError, sqlite3.Error) as exc:
-            raise CxrError(f"{self.path}: review log cannot be opened ({exc})", code=ExitCode.STORAGE,
+            raise CxrError(f"{self.path}: review log cannot be opened ({one_line(exc)})", code=ExitCode.STORAGE,
                            reason="log_unwritable") from None
+
+    def _open_readonly(self) -> bool:
+        """SQLite mode=ro; False (closed again) when the log is from an older version and needs its new
+        tables added first, which the read-write open does."""
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
+        self.db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        try:
+            self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            # A WAL log in a folder we may not write (a read-only copy) cannot get its -shm file. Without a
+            # -wal file beside it everything is in the main file, which SQLite can then read as immutable.
+            if Path(f"{self.path}-wal").exists():
+                raise
+            self.db.close()
+            self.db = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30.0, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self._check_integrity()
+        present = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)) <= present:
+            return True
+        self.db.close()
+        return False
+
+    def _check_integrity(self) -> None:
+        """PRAGMA quick_check at every start: a damaged log stops the station loudly instead of taking
+        results that `review list/export` could not give back."""
+        try:
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
+        except sqlite3.OperationalError:  # locked, read-only, cannot open: not damage; said by the caller
+            raise
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            self.db.close()
+            raise CxrError(f"{self.path}: review log is damaged ({one_line('; '.join(problems))[:300]}); move it "
+                           "aside and restore a backup (a new empty log is started if none is there)",
+                           code=ExitCode.STORAGE, reason="log_damaged")
 
     def close(self) -> None:
         self.db.close()
@@ -214,7 +262,7 @@ class ReviewLog:
                         reason="log_unwritable")
 
     def exam(self, exam_id: int) -> dict:
-        rows = self.query("id = ?", (int(exam_id),))
+        rows = self.query("id = ?", (int(exam_id),)) if 0 < int(exam_id) < 2 ** 63 else []
         if not rows:
             raise CxrError(f"{self.path}: no exam with id {exam_id} in the review log", code=ExitCode.USAGE,
                            reason="unknown_exam")

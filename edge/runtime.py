@@ -100,10 +100,15 @@ class TFLiteModel:
             raise CxrError(f"{self.path}: model input shape {tuple(self.input['shape'])} does not match its "
                            f"metadata {expected}", code=ExitCode.MODEL, reason="bad_metadata")
         n_classes = len(self.metadata.classes)
-        probs = self.output_details[self.metadata.outputs.get("probabilities", 0)]
-        if int(probs["shape"][-1]) != n_classes:
-            raise CxrError(f"{self.path}: model has {probs['shape'][-1]} outputs but {n_classes} classes in "
-                           "its metadata", code=ExitCode.MODEL, reason="bad_metadata")
+        for name, index in self.metadata.outputs.items():
+            if index >= len(self.output_details):
+                raise CxrError(f"{self.path}: metadata output {name!r} is index {index}, but the model has "
+                               f"{len(self.output_details)} outputs", code=ExitCode.MODEL, reason="bad_metadata")
+        probs = self.output_details[self.metadata.outputs["probabilities"]]
+        if tuple(int(n) for n in probs["shape"]) != (1, n_classes):
+            raise CxrError(f"{self.path}: the output the metadata names 'probabilities' has shape "
+                           f"{tuple(int(n) for n in probs['shape'])}, not (1, {n_classes}) for its {n_classes} "
+                           "classes (outputs swapped?)", code=ExitCode.MODEL, reason="bad_metadata")
 
     def predict(self, image: np.ndarray) -> Prediction:
         """image: preprocessed float32 (H, W, C) in [0, 1]."""

@@ -6,14 +6,16 @@ that stops the batch and never a made-up score.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .decision import Decision, decide
 from .decode import load_image
-from .errors import CxrError, InputRefused
+from .errors import CxrError, ExitCode, InputRefused
 from .gate import gate_for
+from .names import one_line, shown
 from .preprocess import preprocess
 from .review_log import NOTICE
 from .runtime import TFLiteModel
@@ -21,7 +23,7 @@ from .runtime import TFLiteModel
 
 @dataclass
 class ScreenResult:
-    file: str
+    file: str  # shown safely (edge.names.shown): one printable line whatever bytes the name holds
     status: str  # screened | refused | failed
     model: dict  # name, version, sha256
     sha256: str | None = None
@@ -76,18 +78,31 @@ class ScreenResult:
 def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, threshold_source: str = "",
                 allow_any_view: bool = False, on_screened: Callable | None = None) -> ScreenResult:
     """on_screened(decoded image, model input, prediction, decision, metadata), called for a screened image;
-    what it returns is kept as `review_images` (edge.review.images.review_images: the film and heatmap)."""
-    path = str(path)
+    what it returns is kept as `review_images` (edge.review.images.review_images: the film and heatmap).
+    Never raises for a problem with this one file: a bug on an odd file becomes `internal_error`."""
     try:
-        image = load_image(path, allow_any_view=allow_any_view)
+        return _screen(Path(path), model, threshold, threshold_source, allow_any_view, on_screened)
     except CxrError as exc:
+        if exc.code != ExitCode.INPUT_NOT_SCREENED:  # the model or the station itself: not this file's fault
+            raise
         status = "refused" if isinstance(exc, InputRefused) else "failed"
-        return ScreenResult(path, status, model.identity, sha256=getattr(exc, "sha256", None),
+        return ScreenResult(shown(path), status, model.identity, sha256=getattr(exc, "sha256", None),
                             reason_code=exc.reason, reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one odd file must never stop the batch
+        logging.getLogger("cxr-edge").debug("unexpected error while screening %s", shown(path), exc_info=True)
+        return ScreenResult(shown(path), "failed", model.identity, reason_code="internal_error",
+                            reason=f"{shown(path)}: unexpected error while screening ({type(exc).__name__}: "
+                                   f"{one_line(exc)}); please report this as a cxr-edge bug")
+
+
+def _screen(path: Path, model: TFLiteModel, threshold: float, threshold_source: str,
+            allow_any_view: bool, on_screened: Callable | None) -> ScreenResult:
+    image = load_image(path, allow_any_view=allow_any_view)
+    name = shown(path)
     gate = gate_for(model)
-    checked = gate.check(image.pixels, path, allow_any_view=allow_any_view) if gate else None
+    checked = gate.check(image.pixels, name, allow_any_view=allow_any_view) if gate else None
     if checked is not None and checked.refused:
-        return ScreenResult(path, "refused", model.identity, sha256=image.sha256, reason_code=checked.reason_code,
+        return ScreenResult(name, "refused", model.identity, sha256=image.sha256, reason_code=checked.reason_code,
                             reason=checked.reason, image=image.describe(), gate=checked.to_json())
     described = image.describe()  # the file as it came, even when the gate turned or un-inverted it
     if checked is not None and checked.verdict == "corrected":
@@ -95,7 +110,7 @@ def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, thres
     tensor = preprocess(image.pixels, model.metadata.preprocessing)
     prediction = model.predict(tensor)
     decision = decide(prediction.probabilities, model.metadata, threshold)
-    result = ScreenResult(path, "screened", model.identity, sha256=image.sha256, decision=decision,
+    result = ScreenResult(name, "screened", model.identity, sha256=image.sha256, decision=decision,
                           latency_ms=prediction.latency_ms, image=described, threshold_source=threshold_source,
                           gate=checked.to_json() if checked else None)
     if on_screened is not None:

@@ -14,7 +14,6 @@ duplicate of the first exam, without a second result.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -29,16 +28,14 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .errors import CxrError, ExitCode
-from .review.images import review_images
+from .names import one_line, shown
 from .review_log import ReviewLog
 from .runtime import TFLiteModel
-from .screening import ScreenResult, screen_file
+from .watch_exam import SOURCE, ExamProcessor, stat_signature
 from .watch_files import FolderEvents, Pending, walk_candidates
-from .watch_move import move_into
+from .watch_move import check_move_target
 from .watch_status import StatusReporter
 from .watch_store import WatchStore
-
-SOURCE = "watch"
 
 
 @dataclass
@@ -52,6 +49,10 @@ class WatchOptions:
     settle: float = 0.5  # seconds a file's size and mtime must stay unchanged
     retries: int = 3  # decode failures of the same bytes before quarantine
     retry_delay: float = 1.0  # first back-off; doubles each retry
+    max_retry_delay: float = 30.0  # the back-off never grows beyond this
+    incomplete_wait: float = 30.0  # a failing file is quarantined only once unchanged this long (seconds)
+    write_timeout: float = 600.0  # inotify: a file open for writing is waited for up to this long unchanged
+    rescreen_failed: bool = False  # forget internal_error/unsupported_compression quarantines at start
     rescan: float = 30.0
     queue_size: int = 32
     pending_limit: int = 4096
@@ -64,126 +65,29 @@ class WatchOptions:
     source: str = SOURCE  # the review log's `source` column ("listen" for exams received over DICOM)
 
 
-def _read_hash(path: Path) -> tuple[str, int, int] | None:
-    """(sha256, size, mtime_ns) of a file that did not change while being read; None if it did or vanished."""
-    try:
-        before = path.stat()
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        after = path.stat()
-    except FileNotFoundError:
-        return None
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-        return None
-    return digest.hexdigest(), after.st_size, after.st_mtime_ns
-
-
-class ExamProcessor:
-    """Handles one ready file: returns an outcome (see watch_status.OUTCOMES) and a line for the operator."""
-
-    def __init__(self, options: WatchOptions, model: TFLiteModel, log: ReviewLog, pending: Pending):
-        self.options = options
-        self.model = model
-        self.log = log
-        self.store = WatchStore(log)
-        self.pending = pending
-
-    def process(self, path: Path) -> tuple[str, str, str | None]:
-        read = _read_hash(path)
-        if read is None:
-            return ("gone", "", None) if not path.exists() else ("changed", "", None)
-        sha256, size, mtime_ns = read
-        stat = (path, size, mtime_ns)
-        known = self.store.known(sha256, self.model.sha256)  # also an exam `screen` recorded with this model
-        if known is not None:
-            return self._known(path, sha256, stat, known)
-        result = self._screen(path, sha256)
-        if result.sha256 is not None and result.sha256 != sha256:
-            return "changed", "", None
-        if result.status == "screened":
-            return self._screened(path, sha256, stat, result)
-        # Refusals are retried too: a DICOM caught half-written can lack its Modality tag and look refusable.
-        if result.status in ("failed", "refused"):
-            attempts = self.pending.attempts(path, sha256) + 1
-            if attempts < self.options.retries:
-                self.pending.retry(path, sha256, self.options.retry_delay)
-                return "retry", "", None
-            result.reason = f"{result.reason} (still failing after {attempts} attempts)"
-        return self._quarantine(path, sha256, stat, result)
-
-    def _screen(self, path: Path, sha256: str) -> ScreenResult:
-        try:
-            return screen_file(path, self.model, self.options.threshold,
-                               threshold_source=self.options.threshold_source,
-                               allow_any_view=self.options.allow_any_view, on_screened=review_images)
-        except Exception as exc:  # a bug on one odd file must not stop (and crash-loop) the watcher
-            logging.getLogger("cxr-edge.watch").exception("unexpected error while screening %s", path)
-            return ScreenResult(str(path), "failed", self.model.identity, sha256=sha256, reason_code="internal_error",
-                                reason=f"{path}: unexpected error while screening ({type(exc).__name__}: {exc}); "
-                                       "please report this as a cxr-edge bug")
-
-    def _screened(self, path: Path, sha256: str, stat, result: ScreenResult):
-        images = result.review_images  # film + heatmap, or None when the film could not be drawn
-        row = result.to_log_row(self.options.source)
-        exam_id = self.store.record_exam(row, sha256, stat, images)
-        if exam_id is None:  # recorded meanwhile (cannot happen with one watcher per log, but be safe)
-            return self._known(path, sha256, stat, self.store.known(sha256))
-        d = result.decision
-        self._move(path, sha256, self.options.move_done)
-        return ("screened", f"exam {exam_id}: {d.decision} abnormality {d.abnormality:.3f} ({d.top_class}) "
-                f"{path}", d.decision)
-
-    def _quarantine(self, path: Path, sha256: str, stat, result: ScreenResult):
-        row = result.to_log_row(self.options.source)
-        row.update(status="quarantined", sha256=sha256)
-        exam_id = self.store.record_exam(row, sha256, stat)
-        if exam_id is None:
-            return self._known(path, sha256, stat, self.store.known(sha256))
-        self._move(path, sha256, self.options.move_failed)
-        return "quarantined", f"exam {exam_id}: quarantined ({result.reason_code}) {result.reason}", None
-
-    def _known(self, path: Path, sha256: str, stat, known):
-        same_file = known.file == str(path)
-        target = self.options.move_done if known.status == "screened" else self.options.move_failed
-        if same_file:  # recorded before a restart or a crash: only the move may be left to do
-            self.store.mark_seen(stat, sha256, known.status)
-            self._move(path, sha256, target)
-            return "known", "", None
-        added = self.store.record_duplicate(known, path, sha256, stat)
-        self._move(path, sha256, target)
-        if not added:
-            return "known", "", None
-        return "duplicate", f"duplicate of exam {known.exam_id} ({known.file}): {path}", None
-
-    def _move(self, path: Path, sha256: str, target: Path | None) -> None:
-        if target is None or not path.exists():
-            return
-        # recorded before the source goes: a kill -9 between the two must not lose the destination
-        move_into(path, self.options.folder, target,
-                  before_unlink=lambda destination: self.store.note_move(sha256, path, destination))
-
-
 class Watcher:
     def __init__(self, options: WatchOptions, model: TFLiteModel):
         self.options = options
         self.model = model
         self.stop = threading.Event()
         self.scan_now = threading.Event()
-        self.pending = Pending(options.settle, options.pending_limit)
+        self.pending = Pending(options.settle, options.pending_limit, options.write_timeout)
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=options.queue_size)
         self.excluded = tuple(p for p in (options.move_done, options.move_failed) if p is not None)
         self.log = ReviewLog(options.log)
         self.log.remember_model(model)  # its limitations and validation metrics, for the bundle and stats
-        self.status = StatusReporter(model.identity, str(options.folder),
+        self.status = StatusReporter(model.identity, shown(options.folder),
                                      log_file=str(options.log_file) if options.log_file else None,
                                      live=options.live, queue_length=lambda: len(self.pending))
-        self.processor = ExamProcessor(options, model, self.log, self.pending)
+        self.processor = ExamProcessor(options, model, self.log, self.pending, self.stop,
+                                       warn=lambda message: self.status.warning(message))
         self.scanner_error: BaseException | None = None
         self.signal_name: str | None = None
-        self.folder_present = True
+        self.folder_identity = _identity(options.folder)
         self.backlog_scanned = threading.Event()
+        self.observer = None
+        self.failures: dict[Path, int] = {}  # path -> consecutive OSErrors (e.g. a move that keeps failing)
+        self.given_up: dict[Path, tuple] = {}  # path -> stat signature when it was given up on
 
     # -- the scanner thread: rescans, and moves ready files from Pending into the bounded queue
     def _scanner(self) -> None:
@@ -215,6 +119,9 @@ class Watcher:
                 st = path.stat()
             except OSError:
                 continue
+            signature = stat_signature(st)
+            if self.processor.skipped.get(path) == signature or self.given_up.get(path) == signature:
+                continue  # reported once already; looked at again when it changes
             status = store.seen(path, st.st_size, st.st_mtime_ns)
             if status is None or self._move_target(status) is not None:  # new, or recorded but not yet moved
                 self.pending.touch(path)
@@ -235,16 +142,19 @@ class Watcher:
     def run(self) -> int:
         folder = self.options.folder
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        observer = self._start_observer(folder)  # before the backlog scan: a file written in between is seen
+        polling = self._start_observer(folder)  # before the backlog scan: a file written in between is seen
+        self.status.start(self.options.threshold, self.options.threshold_source, polling)
         scanner = threading.Thread(target=self._scanner, name="cxr-edge-scan", daemon=True)
         scanner.start()
         try:
             self._work()
+        except BaseException as exc:
+            self._fatal(exc)
+            raise
         finally:
             self.stop.set()
-            observer.stop()
+            self._stop_observer()
             scanner.join(timeout=5)
-            observer.join(timeout=5)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if self.signal_name:
@@ -252,19 +162,39 @@ class Watcher:
             self.status.stop()
             self.log.close()
         if self.scanner_error is not None:
-            if isinstance(self.scanner_error, CxrError):
-                raise self.scanner_error
-            raise CxrError(f"watcher scan failed: {self.scanner_error}", code=ExitCode.RUNTIME,
-                           reason="watch_failed") from self.scanner_error
+            error = self.scanner_error if isinstance(self.scanner_error, CxrError) else CxrError(
+                f"watcher scan failed: {one_line(self.scanner_error)}", code=ExitCode.RUNTIME, reason="watch_failed")
+            self._fatal(error)
+            raise error from (None if error is self.scanner_error else self.scanner_error)
         return 0
 
-    def _start_observer(self, folder: Path):
-        handler = FolderEvents(folder, self.excluded, self.pending.touch)
+    def _fatal(self, exc: BaseException) -> None:
+        """A fatal error goes to the --log-file too (run_cli prints it once on stderr)."""
+        if isinstance(exc, CxrError):
+            self.status.logger.error("stopping: %s", exc)
+        elif not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self.status.logger.error("stopping on an unexpected error", exc_info=exc)
+
+    def _events_alive(self) -> bool:
+        """False once inotify stopped watching (its folder was deleted, even if a new one, perhaps with the
+        same inode number, is already there)."""
+        observer = self.observer
+        return observer is None or all(emitter.is_alive() for emitter in observer.emitters)
+
+    def _stop_observer(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            self.observer = None
+
+    def _start_observer(self, folder: Path) -> bool:
+        """Start watching for events (again); True when polling."""
         polling = self.options.poll
         if not polling:
             try:
                 observer = Observer()
-                observer.schedule(handler, str(folder), recursive=True)
+                observer.schedule(FolderEvents(folder, self.excluded, self.pending.touch, sees_close=True),
+                                  str(folder), recursive=True)
                 observer.start()
             except OSError as exc:  # e.g. the inotify watch limit on a deep tree
                 try:
@@ -276,10 +206,10 @@ class Watcher:
                 polling = True
         if polling:
             observer = PollingObserver(timeout=self.options.poll_interval)
-            observer.schedule(handler, str(folder), recursive=True)
+            observer.schedule(FolderEvents(folder, self.excluded, self.pending.touch), str(folder), recursive=True)
             observer.start()
-        self.status.start(self.options.threshold, self.options.threshold_source, polling)
-        return observer
+        self.observer = observer
+        return polling
 
     def _on_signal(self, signum, frame) -> None:
         # Only set flags here: printing from a signal handler can collide with a print in progress.
@@ -303,38 +233,68 @@ class Watcher:
             self._handle(path)
 
     def _check_folder(self) -> None:
-        present = self.options.folder.is_dir()
-        if present != self.folder_present:
-            self.folder_present = present
-            if present:
-                self.status.info(f"{self.options.folder} is back; rescanning")
-                self.scan_now.set()
-            else:
-                self.status.warning(f"{self.options.folder} is gone (unmounted or removed?); waiting for it")
+        """A folder that was removed (or remounted) and is back is a new inode: events are re-armed on it."""
+        identity = _identity(self.options.folder)
+        if identity == self.folder_identity and (identity is None or self._events_alive()):
+            return
+        was_present, self.folder_identity = self.folder_identity is not None, identity
+        name = shown(self.options.folder)
+        if identity is None:
+            self.status.warning(f"{name} is gone (unmounted or removed?); waiting for it")
+            return
+        self._stop_observer()
+        polling = self._start_observer(self.options.folder)
+        self.status.info(f"{name} is {'back' if not was_present else 'replaced'}; events re-armed "
+                         f"({'polling' if polling else 'inotify'}), rescanning")
+        self.scan_now.set()
 
     def _handle(self, path: Path) -> None:
         started = time.monotonic()
         try:
             outcome, message, decision = self.processor.process(path)
         except sqlite3.Error as exc:  # the log itself is failing (disk full, read-only): stop, lose nothing
-            raise CxrError(f"{self.options.log}: review log write failed ({exc}); {path} was not recorded and "
-                           "will be screened after a restart", code=ExitCode.STORAGE, reason="log_unwritable") from None
+            raise CxrError(f"{shown(self.options.log)}: review log write failed ({exc}); {shown(path)} was not "
+                           "recorded and will be screened after a restart", code=ExitCode.STORAGE,
+                           reason="log_unwritable") from None
         except CxrError as exc:
             if exc.code == ExitCode.STORAGE:  # the log itself is failing: stop rather than lose results
                 raise
-            self.status.warning(f"{path}: {exc}; will retry")
-            self.pending.retry(path, None, self.options.retry_delay)
+            self._failed(path, one_line(exc))
             return
         except OSError as exc:  # e.g. a move that failed; the result is already recorded
-            self.status.warning(f"{path}: {exc}; will retry")
-            self.pending.retry(path, None, self.options.retry_delay)
+            self._failed(path, one_line(exc))
             return
+        self.failures.pop(path, None)
         self.status.busy(time.monotonic() - started)
         if outcome == "changed":
             self.pending.restart(path)
         elif outcome != "retry":
             self.pending.done(path)
         self.status.outcome(outcome, message, decision=decision)
+
+    def _failed(self, path: Path, problem: str) -> None:
+        """Retried with a capped back-off; after --retries failures in a row, left alone until it changes."""
+        count = self.failures[path] = self.failures.get(path, 0) + 1
+        if count < self.options.retries:
+            self.status.warning(f"{shown(path)}: {problem}; will retry")
+            self.pending.retry(path, None, self.options.retry_delay, self.options.max_retry_delay)
+            return
+        self.failures.pop(path, None)
+        self.pending.done(path)
+        try:
+            self.given_up[path] = stat_signature(path.stat())
+        except OSError:
+            pass
+        self.status.warning(f"{shown(path)}: {problem}; failed {count} times, left in place until it changes "
+                            "or the watcher restarts")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if os.path.isdir(folder) else None
 
 
 def run_watch(options: WatchOptions, model: TFLiteModel) -> int:
@@ -344,15 +304,12 @@ def run_watch(options: WatchOptions, model: TFLiteModel) -> int:
                        reason="bad_option")
     for target in (options.move_done, options.move_failed):
         if target is not None:
-            try:
-                target.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CxrError(f"{target}: cannot create folder ({exc.strerror})", code=ExitCode.STORAGE,
-                               reason="move_target_unwritable") from None
-            if target.resolve() == folder.resolve():
-                raise CxrError(f"{target}: --move-done/--move-failed must not be the watch folder itself",
-                               code=ExitCode.USAGE, reason="bad_option")
-    return Watcher(options, model).run()
+            check_move_target(target, folder)
+    watcher = Watcher(options, model)
+    if options.rescreen_failed:
+        again = watcher.processor.store.forget_failed()
+        watcher.status.info(f"--rescreen-failed: {again} quarantined exams will be screened again")
+    return watcher.run()
 
 
 def absolute(path: Path | None) -> Path | None:

@@ -2,13 +2,17 @@
 
 A file is handed to the screener only when it looks finished: its size and mtime have not changed
 for `settle` seconds, or the writer has just renamed it to its final name (the usual "write to a
-temporary name, then rename" pattern). Hidden files and temporary names are never candidates.
-Whether it really is complete is then decided by decoding it; a failure is retried later.
+temporary name, then rename" pattern). With inotify, a file that was written to and not yet closed
+(no IN_CLOSE_WRITE) is still being written: it waits, however long the writer stalls, up to
+`write_timeout` seconds without a change. Hidden files, temporary names and special files (FIFOs,
+devices, sockets, also behind symlinks) are never candidates. Whether a file really is complete is
+then decided by decoding it; a failure is retried later (watch.py).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +43,10 @@ def is_excluded(path: Path, root: Path, excluded: tuple[Path, ...]) -> bool:
     return any(part.startswith(".") for part in parts)
 
 
+def is_regular(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)
+
+
 def walk_candidates(root: Path, excluded: tuple[Path, ...]) -> Iterator[Path]:
     """Every candidate file below root (sorted per folder, oldest naming first)."""
     for folder, dirs, files in os.walk(root):
@@ -61,15 +69,17 @@ class Entry:
     attempts: int = 0  # decode failures of the same content
     last_sha256: str | None = None
     changed: bool = False  # an event arrived while the file was being processed
+    writing: bool = False  # inotify saw a write and no close yet: a writer still holds the file
 
 
 class Pending:
     """Files seen but not handled yet, keyed by path. Bounded: beyond `limit` entries new files are
     not tracked and `overflowed` is set, so the next rescan picks them up from the folder."""
 
-    def __init__(self, settle: float, limit: int = 4096):
+    def __init__(self, settle: float, limit: int = 4096, write_timeout: float = 600.0):
         self.settle = settle
         self.limit = limit
+        self.write_timeout = write_timeout
         self.entries: dict[Path, Entry] = {}
         self.overflowed = False
         self.lock = threading.Lock()
@@ -80,7 +90,8 @@ class Pending:
     def __contains__(self, path: Path) -> bool:
         return path in self.entries
 
-    def touch(self, path: Path, *, renamed: bool = False) -> None:
+    def touch(self, path: Path, *, renamed: bool = False, writing: bool | None = None) -> None:
+        """writing: True after a write event, False after a close-after-write, None when unknown."""
         now = time.monotonic()
         with self.lock:
             entry = self.entries.get(path)
@@ -88,11 +99,13 @@ class Pending:
                 if entry.in_flight:
                     entry.changed = True
                 entry.renamed = entry.renamed or renamed
+                if writing is not None:
+                    entry.writing = writing and not renamed
                 return
             if len(self.entries) >= self.limit:
                 self.overflowed = True
                 return
-            self.entries[path] = Entry(-1, -1, now, renamed=renamed)
+            self.entries[path] = Entry(-1, -1, now, renamed=renamed, writing=bool(writing) and not renamed)
 
     def ready(self) -> list[Path]:
         """Paths whose size and mtime are stable (or that were renamed into place) and not in flight.
@@ -110,10 +123,15 @@ class Pending:
                 continue
             except OSError:
                 continue
+            if not is_regular(st):  # FIFO, device, socket: never opened; the watcher reports it once
+                out.append(path)
+                continue
             if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
                 entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
                 if not entry.renamed or entry.size < 0:
                     continue
+            if entry.writing and now - entry.stable_since < self.write_timeout:
+                continue  # open for writing (a stalled writer too): wait for its close
             if entry.renamed or now - entry.stable_since >= self.settle:
                 out.append(path)
         return out
@@ -137,17 +155,19 @@ class Pending:
             if entry is None:
                 return
             if entry.changed:  # written to again while we read it: look at it afresh
-                self.entries[path] = Entry(-1, -1, time.monotonic())
+                self.entries[path] = Entry(-1, -1, time.monotonic(), writing=entry.writing)
             else:
                 del self.entries[path]
 
     def restart(self, path: Path) -> None:
         """The file changed while it was read: wait for it to settle again."""
         with self.lock:
-            self.entries[path] = Entry(-1, -1, time.monotonic())
+            old = self.entries.get(path)
+            self.entries[path] = Entry(-1, -1, time.monotonic(), writing=old is not None and old.writing)
 
-    def retry(self, path: Path, sha256: str | None, delay: float) -> int:
-        """A decode failure: wait `delay` and try again. Returns how many times this same content failed."""
+    def retry(self, path: Path, sha256: str | None, delay: float, max_delay: float = 30.0) -> int:
+        """A decode failure: wait `delay` (doubling, at most max_delay) and try again. Returns how many
+        times this same content failed."""
         with self.lock:
             entry = self.entries.get(path)
             if entry is None:
@@ -156,7 +176,7 @@ class Pending:
                 entry.attempts, entry.last_sha256 = 0, sha256
             entry.attempts += 1
             entry.in_flight, entry.renamed = False, False
-            entry.not_before = time.monotonic() + delay * (2 ** (entry.attempts - 1))
+            entry.not_before = time.monotonic() + min(max_delay, delay * (2 ** min(entry.attempts - 1, 30)))
             return entry.attempts
 
     def attempts(self, path: Path, sha256: str | None) -> int:
@@ -168,13 +188,15 @@ class Pending:
 class FolderEvents(FileSystemEventHandler):
     """watchdog handler: every created, written, closed or renamed-into-place file goes to `touch`."""
 
-    def __init__(self, root: Path, excluded: tuple[Path, ...], touch: Callable[..., None]):
+    def __init__(self, root: Path, excluded: tuple[Path, ...], touch: Callable[..., None], *,
+                 sees_close: bool = False):
         self.root, self.excluded, self.touch = root, excluded, touch
+        self.sees_close = sees_close  # inotify reports IN_CLOSE_WRITE; polling does not
 
-    def _consider(self, raw: str | bytes, renamed: bool = False) -> None:
+    def _consider(self, raw: str | bytes, renamed: bool = False, writing: bool | None = None) -> None:
         path = Path(os.fsdecode(raw))
         if is_candidate_name(path.name) and not is_excluded(path, self.root, self.excluded):
-            self.touch(path, renamed=renamed)
+            self.touch(path, renamed=renamed, writing=writing if self.sees_close else None)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -186,5 +208,9 @@ class FolderEvents(FileSystemEventHandler):
             return
         if event.event_type == "moved":
             self._consider(event.dest_path, renamed=True)
-        elif event.event_type in ("created", "modified", "closed"):
+        elif event.event_type == "modified":  # IN_MODIFY: bytes written, the writer may still hold it
+            self._consider(event.src_path, writing=True)
+        elif event.event_type == "closed":  # IN_CLOSE_WRITE: that writer is done
+            self._consider(event.src_path, writing=False)
+        elif event.event_type == "created":
             self._consider(event.src_path)

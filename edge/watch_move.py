@@ -10,8 +10,42 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+
+from .errors import CxrError, ExitCode
+from .names import shown
+
+PARTIAL_SUFFIX = ".cxr-edge-copy"
+
+
+def check_move_target(target: Path, folder: Path) -> int:
+    """At start: the --move-done/--move-failed folder exists (created if needed), is not the watch folder,
+    and is writable (a file is created and removed in it). Partial copies left by a killed watcher are
+    removed. Returns how many were removed. CxrError (one line) otherwise."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CxrError(f"{shown(target)}: cannot create folder ({exc.strerror or exc})", code=ExitCode.STORAGE,
+                       reason="move_target_unwritable") from None
+    if target.resolve() == folder.resolve():
+        raise CxrError(f"{shown(target)}: --move-done/--move-failed must not be the watch folder itself",
+                       code=ExitCode.USAGE, reason="bad_option")
+    try:
+        with tempfile.TemporaryFile(dir=target, prefix=".cxr-edge-probe-"):
+            pass
+    except OSError as exc:
+        raise CxrError(f"{shown(target)}: files cannot be moved here ({exc.strerror or exc}); fix the folder's "
+                       "permissions or mount, or choose another --move-done/--move-failed",
+                       code=ExitCode.STORAGE, reason="move_target_unwritable") from None
+    removed = 0
+    for partial in target.rglob(f".*{PARTIAL_SUFFIX}"):
+        try:
+            partial.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -21,15 +55,13 @@ def _same_content(a: Path, b: Path) -> bool:
         return False
 
 
-def move_into(source: Path, root: Path, target_folder: Path,
-              before_unlink: Callable[[Path], None] | None = None) -> Path:
+def move_into(source: Path, root: Path, target_folder: Path, on_placed=None) -> Path:
     """Move source (a file below root) to the same relative path below target_folder.
 
-    before_unlink(destination) runs once the destination is complete and durable and before the
-    source is removed: the watcher records the destination there, so a kill -9 at any point leaves
-    either the source (and a restart redoes the move) or a recorded destination, never a moved
-    file whose destination nobody knows. When a previous run was killed after copying but before
-    removing the source, the finished copy is found (same content) and only the rest is redone.
+    When a previous run was killed after copying but before removing the source, the finished
+    copy is found (same content) and only the source removal is redone. on_placed(destination) runs
+    once the copy is durable and before the source is removed, so the caller can note where the file
+    went without a window in which a kill loses that note.
     """
     try:
         relative = source.relative_to(root)
@@ -53,19 +85,26 @@ def move_into(source: Path, root: Path, target_folder: Path,
     else:
         raise OSError(f"no free name for {wanted}")
     _fsync_folder(destination.parent)
-    if before_unlink is not None:
-        before_unlink(destination)
+    if on_placed is not None:
+        on_placed(destination)
     os.unlink(source)
     _fsync_folder(source.parent)
     return destination
 
 
 def _copy_durably(source: Path, destination: Path) -> None:
-    tmp = destination.with_name(f".{destination.name}.cxr-edge-copy")
-    shutil.copy2(source, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, destination)
+    tmp = destination.with_name(f".{destination.name}{PARTIAL_SUFFIX}")
+    try:
+        shutil.copy2(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, destination)
+    except BaseException:  # disk full, read-only, interrupted: leave no partial copy behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fsync_folder(folder: Path) -> None:

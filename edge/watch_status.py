@@ -20,7 +20,7 @@ from rich.table import Table
 
 from .review_log import NOTICE
 
-OUTCOMES = ("screened", "quarantined", "duplicate", "known", "retry", "changed", "gone")
+OUTCOMES = ("screened", "quarantined", "duplicate", "known", "retry", "changed", "gone", "skipped")
 
 
 @dataclass
@@ -65,6 +65,8 @@ class StatusReporter:
             handler = logging.FileHandler(log_file, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             self.logger.addHandler(handler)
+        else:  # without it, logging's last-resort handler would print every warning a second time
+            self.logger.addHandler(logging.NullHandler())
         self.live: Live | None = None
 
     # -- lifecycle
@@ -131,6 +133,9 @@ class StatusReporter:
             c.duplicates += 1
         elif kind == "retry":
             c.retries += 1
+        elif kind == "skipped":
+            self.warning(message)
+            return
         if message:
             self.info(message)
         elif self.live is not None:

@@ -8,11 +8,15 @@ simply processes again whatever was not recorded.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from .names import shown
 from .review_log import ReviewLog, utc_now
+
+RESCREENABLE = ("internal_error", "unsupported_compression")  # causes fixed on the station's side
 
 
 @dataclass
@@ -31,7 +35,7 @@ class WatchStore:
         """The status (screened/quarantined) recorded for this exact file (path, size, mtime), if any:
         then it needs no reading, unless it is still to be moved."""
         row = self.log.db.execute("SELECT status FROM watch_seen WHERE path = ? AND size = ? AND mtime_ns = ?",
-                                  (str(path), size, mtime_ns)).fetchone()
+                                  (shown(path), size, mtime_ns)).fetchone()
         return row[0] if row else None
 
     def known(self, sha256: str, model_sha256: str | None = None) -> KnownContent | None:
@@ -66,7 +70,7 @@ class WatchStore:
         """Note the same content under another name. False when this name was already noted."""
         with self.log.transaction() as db:
             cursor = db.execute("INSERT OR IGNORE INTO watch_duplicates (exam_id, file, sha256, created_at) "
-                                "VALUES (?, ?, ?, ?)", (known.exam_id, str(path), sha256, utc_now()))
+                                "VALUES (?, ?, ?, ?)", (known.exam_id, shown(path), sha256, utc_now()))
             self._seen(db, stat, sha256, known.status)
             return cursor.rowcount > 0
 
@@ -77,13 +81,31 @@ class WatchStore:
     def note_move(self, sha256: str, source: Path, destination: Path) -> None:
         with self.log.transaction() as db:
             db.execute("UPDATE watch_hashes SET moved_to = ? WHERE sha256 = ? AND exam_id IN "
-                       "(SELECT id FROM exams WHERE file = ?)", (str(destination), sha256, str(source)))
+                       "(SELECT id FROM exams WHERE file = ?)", (shown(destination), sha256, shown(source)))
             db.execute("UPDATE watch_duplicates SET moved_to = ? WHERE sha256 = ? AND file = ?",
-                       (str(destination), sha256, str(source)))
-            db.execute("DELETE FROM watch_seen WHERE path = ?", (str(source),))
+                       (shown(destination), sha256, shown(source)))
+            db.execute("DELETE FROM watch_seen WHERE path = ?", (shown(source),))
+
+    def forget_failed(self, reasons: tuple[str, ...] = RESCREENABLE) -> int:
+        """`watch --rescreen-failed`: quarantines for these reasons no longer mark their content as done,
+        so it is screened again (a new exam row; the old row stays as history). A quarantined file that
+        was moved to --move-failed is moved back to where it was found. Returns how many were forgotten."""
+        marks = ", ".join("?" for _ in reasons)
+        rows = self.log.db.execute(
+            f"SELECT h.sha256, e.file, h.moved_to FROM watch_hashes h JOIN exams e ON e.id = h.exam_id "
+            f"WHERE e.status = 'quarantined' AND e.reason_code IN ({marks})", reasons).fetchall()
+        with self.log.transaction() as db:
+            for sha256, _, _ in rows:
+                db.execute("DELETE FROM watch_hashes WHERE sha256 = ?", (sha256,))
+                db.execute("DELETE FROM watch_seen WHERE sha256 = ?", (sha256,))
+        for _, file, moved_to in rows:
+            original, moved = Path(file), Path(moved_to) if moved_to else None
+            if moved is not None and moved.is_file() and not original.exists() and original.parent.is_dir():
+                shutil.move(moved, original)  # names shown escaped (not UTF-8) stay in --move-failed
+        return len(rows)
 
     @staticmethod
     def _seen(db: sqlite3.Connection, stat: tuple[Path, int, int], sha256: str, status: str) -> None:
         path, size, mtime_ns = stat
         db.execute("INSERT OR REPLACE INTO watch_seen (path, size, mtime_ns, sha256, status) VALUES (?, ?, ?, ?, ?)",
-                   (str(path), size, mtime_ns, sha256, status))
+                   (shown(path), size, mtime_ns, sha256, status))

@@ -233,6 +233,7 @@ def test_dicom_film_is_pixels_only_no_tag_burnt_in(tmp_path):
     out = tmp_path / "bundle"
     export(log, out, "--all")
     text = (out / "index.html").read_text() + (out / "records.jsonl").read_text()
+    text = re.sub(r"data:[a-z/]+;base64,[A-Za-z0-9+/=]+", "", text)  # pictures' base64 may spell "DOE" by chance
     for identifier in ("DOE", "JANE", "PID-778899", "19800101", "exam.dcm"):
         assert identifier not in text
 

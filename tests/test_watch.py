@@ -32,7 +32,7 @@ def sha(path: Path) -> str:
 
 def start_watcher(folder: Path, log: Path, model: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edge.cli", "watch", str(folder), "--model", str(model), "--log", str(log),
-           "--settle", "0.3", "--retry-delay", "0.5", "--rescan", "3", *extra]
+           "--settle", "0.3", "--retry-delay", "0.5", "--rescan", "3", "--incomplete-wait", "1", *extra]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "ab") as handle:
         return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)

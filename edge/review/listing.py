@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 from rich.console import Console
@@ -11,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import CxrError, ExitCode
+from ..names import shown_name
 from ..review_log import NOTICE, ReviewLog
 from .verdicts import all_verdicts
 
@@ -23,17 +23,18 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     the UTC ISO timestamp the log's created_at column is compared with."""
     now = now or datetime.now(timezone.utc)
     match = RELATIVE.match(text)
-    if match:
-        moment = now - timedelta(**{UNITS[match.group(2).lower()]: float(match.group(1))})
-    else:
-        try:
+    try:
+        if match:
+            moment = now - timedelta(**{UNITS[match.group(2).lower()]: float(match.group(1))})
+        else:
             moment = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise CxrError(f"--since {text!r}: use an ISO date/time (2024-05-01, 2024-05-01T08:00) or an age "
-                           "(30m, 12h, 7d, 2w)", code=ExitCode.USAGE, reason="bad_option") from None
-        if moment.tzinfo is None:
-            moment = moment.astimezone()  # a technician's "since 8:00" means local time
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+            if moment.tzinfo is None:
+                moment = moment.astimezone()  # a technician's "since 8:00" means local time
+        return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError):  # not a date, or before year 1 / after 9999 once converted
+        raise CxrError(f"--since {text!r}: not a date/time that can be used; use an ISO date/time from year 2 to "
+                       "9998 (2024-05-01, 2024-05-01T08:00) or an age (30m, 12h, 7d, 2w)", code=ExitCode.USAGE,
+                       reason="bad_option") from None
 
 
 def select_exams(log: ReviewLog, *, referred: bool = False, since: str | None = None,
@@ -101,7 +102,7 @@ def print_exam_table(exams: list[dict], log_path: str) -> None:
         verdict = escape(f"{e['verdict']} ({e['verdict_by']})" if e["verdict"] else "")
         if len(e["verdicts"]) > 1:
             verdict += f" [{len(e['verdicts'])} verdicts]"
-        table.add_row(str(e["id"]), e["created_at"][:16].replace("T", " "), escape(Path(e["file"]).name),
+        table.add_row(str(e["id"]), e["created_at"][:16].replace("T", " "), escape(shown_name(e["file"])),
                       result, verdict)
     console.print(table)
     console.print(f"{len(exams)} exams (full paths and probabilities: --json). {NOTICE.capitalize()}.",

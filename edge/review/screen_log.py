@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..decision import Decision
+from ..names import shown
 from ..review_log import ReviewLog
 from ..screening import ScreenResult
 
@@ -41,7 +42,7 @@ def earlier_result(log: ReviewLog, path: Path, model) -> tuple[ScreenResult, dic
         return None
     row = rows[0]
     decision = Decision(row["decision"], row["abnormality"], row["top_class"], row["probabilities"], row["threshold"])
-    result = ScreenResult(str(path), "screened", model.identity, sha256=sha256, decision=decision,
+    result = ScreenResult(shown(path), "screened", model.identity, sha256=sha256, decision=decision,
                           latency_ms=row["latency_ms"] or 0.0, image=row["image"] or {},
                           threshold_source=row["threshold_source"] or "")
     return result, row
