@@ -80,7 +80,7 @@ def screen(
     review_log = None if no_log else ReviewLog(log_path(log))
     if review_log is not None:
         review_log.remember_model(tflite)
-    results, shown = [], []
+    results, listed = [], []
     files, skipped = expand_inputs(images)
     if skipped:
         names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
@@ -93,9 +93,9 @@ def screen(
             sys.stdout.write(json.dumps(json_record(result, exam_id, earlier), sort_keys=True) + "\n")
             sys.stdout.flush()
         results.append(result)
-        shown.append(marked(result, earlier) if earlier else result)
+        listed.append(marked(result, earlier) if earlier else result)
     if not as_json:
-        print_results(shown, tflite, cutoff, source)
+        print_results(listed, tflite, cutoff, source)
     if len(results) > 1 or skipped:
         summary = batch_summary(results, skipped)
         (sys.stderr if as_json else sys.stdout).write(summary + "\n")

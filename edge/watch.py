@@ -14,7 +14,6 @@ duplicate of the first exam, without a second result.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
