@@ -20,12 +20,32 @@ def test_bundled_model_is_a_real_int8_model_with_metadata():
     assert path.is_file() and path.stat().st_size < 5 * 1024 * 1024
     _, meta = read_model_file(path)
     assert (meta.name, meta.quantization) == ("cxr-default", "int8")
-    assert meta.classes == ["normal", "pneumonia", "covid-19"]
+    assert meta.classes == ["normal", "pneumonia", "covid-19", "tuberculosis"]
     assert "val split" in meta.threshold_rule and 0.0 < meta.threshold < 1.0
-    assert meta.training_data.get("known_limitations"), "the age confound must travel inside the file"
+    assert meta.training_data.get("known_limitations"), "what is known to be wrong must travel inside the file"
+    assert "research use" in meta.training_data.get("licences", "")
+    assert meta.training_data.get("held_out_sources"), "the sources it was judged on, never trained on"
     assert "cam" in meta.outputs
+    # The lung crop's segmenter travels inside the file and is the one the spec names.
+    spec = meta.preprocessing
+    assert (spec.crop, spec.normalize) == ("lungs", "clahe") and len(spec.lungs) == 64
     model = TFLiteModel(path)
     assert model.input["dtype"].__name__ == "int8"
+
+
+def test_bundled_model_crops_the_samples_to_their_lungs():
+    from edge.decode import load_image
+    from edge.preprocess import preprocess_info
+
+    model = TFLiteModel(default_model_path())  # registers the segmenter inside the file
+    for sample in (NORMAL_SAMPLE, PNEUMONIA_SAMPLE, COVID_SAMPLE):
+        pixels = load_image(sample).pixels
+        _, info = preprocess_info(pixels, model.metadata.preprocessing)
+        top, bottom, left, right = info["box"]
+        assert info["crop"] == "lungs", sample
+        # a box inside the film, most of the film but not all of it
+        h, w = pixels.shape
+        assert 0.2 < (bottom - top) * (right - left) / (h * w) < 0.98, sample
 
 
 def test_readme_first_line_screens_the_samples_sensibly():
