@@ -77,6 +77,7 @@ PATIENT_COLUMNS = ("patient id", "patient", "patientid", "subject id", "subject"
 AGE_COLUMNS = ("age", "patient age")
 SEX_COLUMNS = ("sex", "gender", "patient gender", "patient sex")
 VIEW_COLUMNS = ("view", "view position", "projection")
+DATASET_COLUMNS = ("dataset",)  # cxr-train's splits.csv names each image's source
 MASK_FOLDERS = {"masks", "mask", "lung masks", "infection masks"}
 
 
@@ -204,7 +205,7 @@ def _csv_columns(path: Path) -> dict[str, str | None] | None:
 
     columns = {"path": pick(PATH_COLUMNS), "label": pick(LABEL_COLUMNS), "split": pick(SPLIT_COLUMNS),
                "patient": pick(PATIENT_COLUMNS), "age": pick(AGE_COLUMNS), "sex": pick(SEX_COLUMNS),
-               "view": pick(VIEW_COLUMNS)}
+               "view": pick(VIEW_COLUMNS), "dataset": pick(DATASET_COLUMNS)}
     if columns["path"] is None or columns["label"] is None:
         return None
     return columns
@@ -249,7 +250,8 @@ def _from_csv(path: Path, dataset: str, resolve: _Resolver) -> list[Sample]:
                 raise CxrError(f"{path}:{line_no}: image {name!r} not found next to the CSV",
                                code=ExitCode.DATA, reason="missing_image")
             patient = cell(row, "patient")
-            samples.append(Sample(file, cls, dataset, split, patient=f"{dataset}:{patient}" if patient else None,
+            source = cell(row, "dataset") or dataset
+            samples.append(Sample(file, cls, source, split, patient=f"{source}:{patient}" if patient else None,
                                   age=_age(cell(row, "age")), sex=cell(row, "sex").upper() or None,
                                   view=cell(row, "view").upper() or None))
     return samples

@@ -168,6 +168,14 @@ def test_csv_with_extra_columns_beside_class_folders_and_a_folder_without_classe
     assert "tuberculosis" in CANONICAL_CLASSES
 
 
+def test_splits_csv_keeps_each_image_source(tmp_path):
+    """cxr-train's splits.csv names each image's dataset: eval's per-source table must use it."""
+    files = _images("NORMAL")[:1] + _images("Covid")[:1]
+    table = tmp_path / "splits.csv"
+    table.write_text("path,dataset,label,split\n" + f"{files[0]},kermany,normal,test\n{files[1]},hannover,covid-19,test\n")
+    assert {(s.dataset, s.label) for s in discover(table)} == {("kermany", "normal"), ("hannover", "covid-19")}
+
+
 def test_error_names_the_folder_actually_at_fault(tmp_path):
     root = tmp_path / "collection"
     _copy(_images("NORMAL")[:1], root / "good" / "NORMAL")
