@@ -2,8 +2,8 @@
 # Reproduce the shipped default model (models/cxr-default.tflite) from ../shared/data, on a CPU, with the
 # project's own CLIs, and the source-held-out evidence behind it. models/MODEL_CARD.md records what each step
 # gave when it was run (2026-11-24, 2 shared CPU cores).
-#   RUN=runs/cxr-default bash scripts/build_default_model.sh          # about 2 hours on 2 cores
-#   SKIP_HELDOUT=1 RUN=... bash scripts/build_default_model.sh        # the shipped model only (about 1 hour)
+#   RUN=runs/cxr-default bash scripts/build_default_model.sh          # about 1 hour on 2 cores
+#   ALSO_ALL=1 RUN=... bash scripts/build_default_model.sh            # plus the NIH-included comparison run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/cxr-default}
@@ -27,25 +27,25 @@ RECIPE=(--preset cnn-4block --input-size 128 --crop lungs --lungs "$LUNGS/lungs.
 # fullres (Actualmed, Spain). Never trained on, never used to choose anything.
 EXTERNAL=(--hold-out covid19-3class --hold-out fullres)
 
-# 1. The evidence: the same recipe with one more adult source left out, scored at the end (25 min each).
-if [ -z "${SKIP_HELDOUT:-}" ]; then
-    for source in adult-nih tb-shenzhen; do
-        [ -f "$RUN-without-$source/metrics.json" ] || cxr-train fit "$DATA" --out "$RUN-without-$source" \
-            "${RECIPE[@]}" "${EXTERNAL[@]}" --hold-out "$source" --epochs 8
-    done
+# 1. The shipped model: every source but the external checks and the NIH adults, which stay never-seen so that
+#    the model's own report says how it does on a hospital it never saw (about 30 min).
+SHIP_RUN="$RUN-without-adult-nih"
+[ -f "$SHIP_RUN/model.keras" ] || cxr-train fit "$DATA" --out "$SHIP_RUN" "${RECIPE[@]}" "${EXTERNAL[@]}" \
+    --hold-out adult-nih --epochs 8
+
+# 2. For comparison (ALSO_ALL=1): the same recipe with NIH in training. Measured worse on every shared
+#    measure (models/MODEL_CARD.md), so not shipped.
+if [ -n "${ALSO_ALL:-}" ]; then
+    [ -f "$RUN/model.keras" ] || cxr-train fit "$DATA" --out "$RUN" "${RECIPE[@]}" "${EXTERNAL[@]}" --epochs "$EPOCHS"
 fi
 
-# 2. The shipped model: every other source (audit, patient-grouped split, training, report; about 35 min).
-[ -f "$RUN/model.keras" ] || cxr-train fit "$DATA" --out "$RUN" "${RECIPE[@]}" "${EXTERNAL[@]}" --epochs "$EPOCHS" \
-    --name cxr-default --model-version 2.0.0
-
 # 3. Full-integer int8 with the class-activation output; the segmenter travels inside the file.
-converters quantize "$RUN/model.keras" --mode int8 --data "$DATA" --cam --edgetpu --out "$SHIP/int8.tflite" \
+converters quantize "$SHIP_RUN/model.keras" --mode int8 --data "$DATA" --cam --edgetpu --out "$SHIP/int8.tflite" \
     --name cxr-default --version 2.0.0 --json > "$SHIP/q-int8.json"
-converters parity "$RUN/model.keras" "$SHIP/int8.tflite" --data "$DATA" --split test --json > "$SHIP/parity-int8.json"
+converters parity "$SHIP_RUN/model.keras" "$SHIP/int8.tflite" --data "$DATA" --split test --json > "$SHIP/parity-int8.json"
 
 # 4. int8 shifts the scores: choose the threshold on validation with the final file itself.
-converters threshold "$SHIP/int8.tflite" --data "$DATA" --splits "$RUN/splits.csv" --split val \
+converters threshold "$SHIP/int8.tflite" --data "$DATA" --splits "$SHIP_RUN/splits.csv" --split val \
     --sensitivity "${SENSITIVITY:-0.95}" --out "$SHIP/cxr-default.tflite" --json > "$SHIP/threshold.json"
 
 # 5. What is known to be wrong travels inside the file (see the model card).
@@ -53,27 +53,34 @@ python - "$SHIP/cxr-default.tflite" <<'PY'
 import sys
 from pathlib import Path
 from converters.tflite_metadata import embed_metadata
+from edge.gate import gate_identity
 from edge.metadata import INTENDED_USE, read_model_file
 path = Path(sys.argv[1])
 data, meta = read_model_file(path)
-meta.intended_use = (INTENDED_USE + " Trained on public pediatric (Guangzhou) and adult (NIH, Shenzhen, TBX11K, "
-    "Hannover) chest X-rays; judged on sources it never saw, where it is weaker than on its own test split "
-    "(models/MODEL_CARD.md). Calibrate a threshold on your own site's images before use.")
+meta.intended_use = (INTENDED_USE + " Trained on public pediatric (Guangzhou) and adult (Shenzhen, TBX11K, "
+    "Hannover) chest X-rays; judged on sources it never saw (NIH adults: AUC 0.78), where its threshold refers "
+    "almost every normal film: calibrate a threshold on your own site's images (cxr-edge calibrate) before use. "
+    "See models/MODEL_CARD.md.")
 meta.training_data = {**meta.training_data, "known_limitations": [
-    "performance on hospitals not in training is lower than on the internal test split: see the source-held-out "
-    "table of models/MODEL_CARD.md",
+    "on hospitals not in training the score ranks less well (held-out NIH adults AUC 0.78, later Kermany children "
+    "and Cohen adults AUC 0.64) and normals score high: at the shipped threshold almost every normal film from an "
+    "unseen hospital is referred; calibrate per site",
     "tuberculosis and covid-19 training images come partly from single-class sources (TBX11K, Hannover)",
     "the lung crop's segmenter was trained on adult films only",
-    "threshold chosen on the internal validation split with this .tflite file; calibrate per site"],
-    "licences": "CC BY 4.0 (Kermany), public (NIH, Shenzhen/NLM), CC BY 3.0 (Hannover), research use only "
-                "(TBX11K; lung masks); the model inherits the research-use restriction"}
+    "threshold chosen on the internal validation split with this .tflite file"],
+    "licences": "CC BY 4.0 (Kermany), public with attribution (Shenzhen/NLM), CC BY 3.0 (Hannover), research use "
+                "only (TBX11K; lung masks: V7 Labs via torchxrayvision): the model inherits the research-use "
+                "restriction"}
+meta.gate = gate_identity("models/cxr-gate.tflite")
 path.write_bytes(embed_metadata(data, meta))
 PY
 
 # 6. Metrics with the edge runtime itself: internal test split, the external sources, then the benchmark.
-cxr-edge eval "$RUN/splits.csv" --split test -m "$SHIP/cxr-default.tflite" --json > "$SHIP/eval-test.json"
+cp models/cxr-gate.tflite "$SHIP/"  # the classifier pins the gate by sha256; it must sit beside it
+cxr-edge eval "$SHIP_RUN/splits.csv" --split test -m "$SHIP/cxr-default.tflite" --json > "$SHIP/eval-test.json"
 cxr-edge eval "$DATA/covid19-3class" -m "$SHIP/cxr-default.tflite" --json > "$SHIP/eval-covid19-3class.json"
 cxr-edge eval "$DATA/fullres" -m "$SHIP/cxr-default.tflite" --json > "$SHIP/eval-fullres.json"
-python scripts/benchmark.py --keras "$RUN/model.keras" --tflite "$SHIP/cxr-default.tflite" \
+cxr-edge eval "$DATA/adult-nih" -m "$SHIP/cxr-default.tflite" --json > "$SHIP/eval-adult-nih.json"
+python scripts/benchmark.py --keras "$SHIP_RUN/model.keras" --tflite "$SHIP/cxr-default.tflite" \
     --image "$DATA/fullres/adult-cr-1.png" --out "$SHIP/benchmark.json"
 echo "built $SHIP/cxr-default.tflite; copy it to models/cxr-default.tflite"
