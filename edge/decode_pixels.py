@@ -8,7 +8,7 @@ Choices (documented in README, "Reasons an image is not screened"):
   keeps practically its min-max scaling; outliers beyond the widened range are clipped).
 - NaN or infinite values are refused (`bad_pixel_values`), never scored.
 - An image whose 0.5-99.5 percentile spread is under MIN_SPREAD of the grey range (blank,
-  saturated, one flat value) is refused as `no_dynamic_range`.
+  saturated, one flat value) is refused as `low_quality`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def require_finite(path: Path, values: np.ndarray) -> None:
 
 def no_range(path: Path, detail: str) -> InputRefused:
     return InputRefused(f"{shown(path)}: image has no dynamic range ({detail}): blank, saturated or "
-                        "not an exposure", reason="no_dynamic_range")
+                        "not an exposure", reason="low_quality")
 
 
 def robust_unit(path: Path, values: np.ndarray) -> np.ndarray:

@@ -104,13 +104,13 @@ def test_intact_files_with_trailing_bytes_decode(tmp_path, ext):
 def test_blank_and_saturated_8bit_png_refused(tmp_path, value):
     path = tmp_path / "blank.png"
     cv2.imwrite(str(path), np.full((256, 256), value, np.uint8))
-    assert reason_of(path) == "no_dynamic_range"
+    assert reason_of(path) == "low_quality"
 
 
 def test_blank_16bit_png_refused(tmp_path):
     path = tmp_path / "blank16.png"
     cv2.imwrite(str(path), np.full((256, 256), 1000, np.uint16))
-    assert reason_of(path) == "no_dynamic_range"
+    assert reason_of(path) == "low_quality"
 
 
 def test_one_hot_pixel_does_not_change_a_16bit_picture(tmp_path):
