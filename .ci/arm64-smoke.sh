@@ -6,10 +6,12 @@
 # Debian packages). It holds what a fresh Raspberry Pi OS Lite has that matters here: python3 (3.11, marked
 # EXTERNALLY-MANAGED, PEP 668), python3-venv (in Lite since 2023-12-05), python3-pip, ca-certificates, sudo.
 # Then docs/watch.md's install steps 1 and 2 (service user, folders, venv in /opt), as written, as root.
-# About 12 minutes on 2 cores. Nothing is cached across runs.
+# Measured here: 20-23 min wall on 2 cores shared with a full test run (load average 10-12); the issue's
+# author measured about 12 min on a quieter machine. Nothing is cached across runs.
 #
 # Exit 0: passed, or skipped with a line saying why (not root, no binfmt_misc, packages not installable, no
-# network to the Debian mirror). Exit 1: README line 1 or the DICOM screening failed inside the arm64 system.
+# network to the Debian mirror). Exit 1: README line 1, the DICOM screening or docs/watch.md's install steps
+# failed inside the arm64 system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/lib.sh

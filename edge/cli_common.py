@@ -46,6 +46,14 @@ def run_cli(app: typer.Typer, prog: str, *, on_interrupt: str = "interrupted", t
     """Run a typer app. A CxrError or a usage mistake becomes one line on stderr and its exit code
     (README, "Exit codes"); Ctrl-C exits 130. train_extra: the tool needs TensorFlow (cxr-train,
     converters): a missing `[train]` extra is one line (exit 4), and TensorFlow's log noise is dropped."""
+    if not isinstance(app, typer.Typer):  # a plain function (e.g. train.study's child process): run it as is
+        try:
+            app()
+        except CxrError as exc:
+            _fail(prog, str(exc), int(exc.code))
+        except KeyboardInterrupt:
+            _fail(prog, on_interrupt, 130, label="")
+        return
     command = typer.main.get_command(app)
     _plain_help(command)
     quiet = QuietStderr() if train_extra else None

@@ -153,3 +153,17 @@ def test_progress_written_without_a_newline_passes_the_filter_at_once():
         process.stdin.close()
     assert first == b"\rauditing: 50/100"  # the noise line before it was dropped
     assert process.stderr.read() == b"" and process.wait(timeout=60) == 0
+
+
+def test_run_cli_also_runs_a_plain_function_with_one_line_errors():
+    """train.study runs each preset through run_cli(function, ...) in a child process."""
+    code = ("from edge.cli_common import run_cli\n"
+            "from edge.errors import CxrError, ExitCode\n"
+            "def one():\n"
+            "    print('ran')\n"
+            "    raise CxrError('x.keras: not found', code=ExitCode.MODEL)\n"
+            "run_cli(one, 'cxr-train')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 3 and result.stdout == "ran\n", result
+    assert result.stderr == "cxr-train: error: x.keras: not found\n"
