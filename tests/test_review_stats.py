@@ -4,6 +4,7 @@ on real SQLite logs, with the bundled model (which has validation metrics and a 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sqlite3
 
 import numpy as np
@@ -99,7 +100,18 @@ def build_programme(log_path) -> dict[str, list[int]]:
     from edge.review_log import ReviewLog
     from edge.runtime import TFLiteModel
 
-    model = TFLiteModel(default_model_path())
+    # A real model file with the threshold and validation refer rate these periods were designed around
+    # (the bundled model's own numbers change with every release).
+    from converters.tflite_metadata import embed_metadata
+    from edge.metadata import read_model_file
+
+    data, meta = read_model_file(default_model_path())
+    meta.threshold = 0.677
+    meta.metrics = {"val_tflite_screening": {"threshold": 0.677, "refer_rate": 0.7181, "n": 816}}
+    meta.gate = {}
+    pinned = Path(log_path).parent / "programme-model.tflite"
+    pinned.write_bytes(embed_metadata(data, meta))
+    model = TFLiteModel(pinned)
     threshold = model.metadata.threshold
     ids: dict[str, list[int]] = {}
     with ReviewLog(log_path) as log:

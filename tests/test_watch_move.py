@@ -34,7 +34,7 @@ def test_destination_is_complete_and_source_still_there_when_it_is_recorded(tmp_
     def record(destination):
         seen.append((destination, source.exists(), sha(destination)))
 
-    moved = move_into(source, inbox, done, before_unlink=record)
+    moved = move_into(source, inbox, done, on_placed=record)
     assert seen == [(done / "sub" / "exam.jpg", True, digest)]
     assert moved == done / "sub" / "exam.jpg" and not source.exists() and sha(moved) == digest
 
@@ -49,10 +49,10 @@ def test_a_kill_while_recording_keeps_the_source_and_the_redo_reuses_the_copy(tm
         raise Killed
 
     with pytest.raises(Killed):
-        move_into(source, inbox, done, before_unlink=killed)
+        move_into(source, inbox, done, on_placed=killed)
     assert source.exists() and (done / "exam.jpg").exists()  # nothing lost, nothing recorded yet
     recorded = []
-    moved = move_into(source, inbox, done, before_unlink=recorded.append)
+    moved = move_into(source, inbox, done, on_placed=recorded.append)
     assert recorded == [moved] == [done / "exam.jpg"]  # the finished copy is reused, no exam-1.jpg
     assert sorted(os.listdir(done)) == ["exam.jpg"] and not source.exists()
 
