@@ -18,7 +18,7 @@ from edge.decision import decide
 from edge.errors import CxrError, ExitCode
 from edge.metadata import file_sha256
 from edge.metrics import classification_report, screening_metrics
-from edge.review_log import NOTICE
+from edge.review.log import NOTICE
 from edge.runtime import TFLiteModel
 
 from .data import ImageSet, find_samples, load_images, run_splits_file, stratified_sample

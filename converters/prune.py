@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import CxrError, ExitCode
-from edge.review_log import NOTICE
+from edge.review.log import NOTICE
 
 from .data import run_splits_file
 from .finetune import evaluate, fit, split_images

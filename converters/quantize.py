@@ -12,7 +12,7 @@ import numpy as np
 
 from edge.errors import CxrError, ExitCode
 from edge.metadata import ModelMetadata
-from edge.review_log import NOTICE
+from edge.review.log import NOTICE
 
 from .cam import with_cam_output
 from .convert import MODES, convert, output_indices

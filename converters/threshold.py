@@ -12,7 +12,7 @@ from edge.errors import CxrError, ExitCode
 from edge.evaluation import score_samples
 from edge.metadata import read_model_file
 from edge.metrics import screening_metrics, threshold_for_sensitivity
-from edge.review_log import NOTICE
+from edge.review.log import NOTICE
 from edge.runtime import TFLiteModel
 
 from .data import find_samples

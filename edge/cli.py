@@ -20,7 +20,7 @@ from .inputs import expand_inputs
 from .names import shown
 from .paths import default_log_path, default_model_path
 from .output import batch_summary, print_calibration, print_evaluation, print_results, progress_bar
-from .review_log import ReviewLog
+from .review.log import ReviewLog
 from .runtime import TFLiteModel
 from .review.images import review_images
 from .review.screen_log import earlier_result, json_record, marked, record_result
@@ -251,7 +251,7 @@ def watch(
     any_view: bool = AnyViewOption,
 ) -> None:
     """Screen every new exam written into FOLDER, exactly once, into the review log (stop: Ctrl-C or SIGTERM)."""
-    from .watch import WatchOptions, absolute, run_watch
+    from .station.watch import WatchOptions, absolute, run_watch
 
     tflite = load_model(model, delegate, threads)
     cutoff, source = resolve_threshold(tflite, threshold)
@@ -307,7 +307,7 @@ def review_export(
 ) -> None:
     """Write a small self-contained bundle for a remote doctor: one HTML page (films, heatmaps, scores,
     model limitations, a verdict form, programme plots) and the JSON records."""
-    from .review_export import export_bundle
+    from .review.export import export_bundle
 
     with ReviewLog(log_path(log), create=False) as review_log:  # writes: it records the bundle it made
         summary = export_bundle(review_log, out, since=since, include_all=include_all)

@@ -14,7 +14,7 @@ from .calibration import all_thresholds, invalid_reason, remove_thresholds
 from .errors import CxrError, ExitCode
 from .metadata import file_sha256
 from .paths import calibration_path
-from .review_log import NOTICE
+from .review.log import NOTICE
 
 thresholds_app = typer.Typer(help="List or remove this site's calibrated thresholds (cxr-edge calibrate).",
                              no_args_is_help=True)

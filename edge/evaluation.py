@@ -20,7 +20,7 @@ from .groups import breakdown
 from .metadata import NORMAL_CLASS
 from .metrics import classification_report, screening_metrics, threshold_for_sensitivity, wilson_interval
 from .preprocess import preprocess
-from .review_log import NOTICE
+from .review.log import NOTICE
 from .runtime import TFLiteModel
 
 MIN_PER_GROUP = 60  # below this many normal or abnormal images a site threshold is a guess

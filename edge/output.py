@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.markup import escape
 
-from .review_log import NOTICE
+from .review.log import NOTICE
 
 
 def print_results(results, model, threshold: float, threshold_source: str) -> None:

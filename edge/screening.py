@@ -17,7 +17,7 @@ from .errors import CxrError, ExitCode, InputRefused
 from .gate import gate_for
 from .names import one_line, shown
 from .preprocess import preprocess
-from .review_log import NOTICE
+from .review.log import NOTICE
 from .runtime import TFLiteModel
 
 

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from edge.errors import CxrError
-from edge.review_log import ReviewLog
+from edge.review.log import ReviewLog
 from edge.station import outbox
 from edge.station.forwarder import parse_destination
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import CxrError
-from edge.review_log import ReviewLog
+from edge.review.log import ReviewLog
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "models" / "samples" / "normal-child.png"

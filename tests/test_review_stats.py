@@ -97,7 +97,7 @@ def build_programme(log_path) -> dict[str, list[int]]:
     """Three periods with the bundled model: two alike (Mon 5 and Tue 6 Jan 2026), then a shifted one
     (Tue 13 Jan: every exam referred with scores near 1). Returns the exam ids per day."""
     from edge.paths import default_model_path
-    from edge.review_log import ReviewLog
+    from edge.review.log import ReviewLog
     from edge.runtime import TFLiteModel
 
     # A real model file with the threshold and validation refer rate these periods were designed around
@@ -193,7 +193,7 @@ def test_a_log_from_an_older_version_keeps_its_verdict_and_thumbnail(tmp_path):
     """Older versions kept one verdict in the exams row and a small thumbnail in exam_images."""
     import cv2
 
-    from edge.review_log import ReviewLog
+    from edge.review.log import ReviewLog
 
     log_path = tmp_path / "old.sqlite"
     thumbnail = cv2.imencode(".jpg", np.full((96, 96), 128, np.uint8))[1].tobytes()

@@ -231,7 +231,7 @@ def test_fatal_disk_full_is_written_to_the_log_file(tiny_model, tmp_path):
 
 
 def test_retry_back_off_is_capped(tmp_path):
-    from edge.watch_files import Pending
+    from edge.station.files import Pending
 
     pending = Pending(settle=0.5)
     path = tmp_path / "exam.png"

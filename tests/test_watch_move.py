@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from edge.watch_move import move_into
+from edge.station.move import move_into
 
 from test_watch import MINI, rows, sha, start_watcher, stop, wait_for
 

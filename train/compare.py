@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from edge.errors import CxrError, ExitCode
-from edge.review_log import NOTICE
+from edge.review.log import NOTICE
 
 PROTOCOL_FIELDS = ("data", "split", "classes", "hold_out", "input_size", "preprocessing", "budget")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.metadata import INTENDED_USE, NORMAL_CLASS, ModelMetadata, file_sha256
-from edge.review_log import NOTICE
+from edge.review.log import NOTICE
 
 from . import report as rep
 from .fit_config import FitResult, config_dict, say

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import CxrError, ExitCode
 from ..names import shown_name
-from ..review_log import NOTICE, ReviewLog
+from .log import NOTICE, ReviewLog
 from .verdicts import all_verdicts
 
 RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import html
 
-from ..review_log import NOTICE
+from .log import NOTICE
 from .charts import referral_chart, score_chart
 
 MIME = {b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"\x89PNG": "image/png"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..decision import Decision
 from ..names import shown
-from ..review_log import ReviewLog
+from .log import ReviewLog
 from ..screening import ScreenResult
 
 

@@ -32,7 +32,7 @@ from rich.table import Table
 from ..calibration import stored_threshold
 from ..metrics import wilson_interval
 from ..paths import default_model_path
-from ..review_log import NOTICE, ReviewLog
+from .log import NOTICE, ReviewLog
 from .drift import KS_ALPHA, PSI_ALERT, binomial_band, histogram, ks_two_sample, psi
 from .listing import select_exams
 

@@ -1,6 +1,6 @@
 """Doctors' verdicts: appended, never overwritten, and imported from a bundle's verdicts file.
 
-Every verdict is a row of the append-only `verdicts` table (edge.review_log): exam id, the sha256
+Every verdict is a row of the append-only `verdicts` table (edge.review.log): exam id, the sha256
 of the image judged, agree/disagree with the model's decision, a finding or note, the reviewer,
 when it was given and when it reached this log. The one shown in list/export/stats is the latest
 by the doctor's time (ties: the later recorded); the others stay.
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import CxrError, ExitCode
-from ..review_log import ReviewLog, utc_now
+from .log import ReviewLog, utc_now
 
 FORMAT = "cxr-edge-verdicts"
 VERDICTS = ("agree", "disagree")

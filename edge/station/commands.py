@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import CxrError, ExitCode
-from ..review_log import NOTICE
+from ..review.log import NOTICE
 
 ForwardOption = typer.Option(None, "--forward", help="Send each screened exam's DICOM SR and heatmap Secondary "
                              "Capture to this PACS node, AE@host:port (kept in the outbox until it answers).")
@@ -116,7 +116,7 @@ def register(app: typer.Typer, *, model_option, log_option, threshold_option, de
 
 def _outbox_log(log: Optional[Path]):
     from ..cli import log_path
-    from ..review_log import ReviewLog
+    from ..review.log import ReviewLog
     from .outbox import open_outbox
 
     return open_outbox(ReviewLog(log_path(log), create=False))

@@ -21,7 +21,7 @@ from io import BytesIO
 from pathlib import Path
 
 from ..errors import CxrError, ExitCode
-from ..review_log import ReviewLog, decode_row
+from ..review.log import ReviewLog, decode_row
 from . import outbox
 
 ERROR_PAUSE = 30.0

@@ -3,7 +3,7 @@
 Three parts, one process:
 - the receiver (pynetdicom SCP, its own threads) writes each instance into STORE/incoming durably
   and only then answers Success;
-- `cxr-edge watch`'s own machinery (edge.watch.run_watch) screens what lands in STORE/incoming:
+- `cxr-edge watch`'s own machinery (edge.station.watch.run_watch) screens what lands in STORE/incoming:
   exactly once by content hash, into the same review log, quarantining refusals and failures with
   their reason, moving originals to STORE/screened and STORE/quarantine after the commit;
 - with --forward, the outbox worker (edge.station.forwarder) builds each screened exam's SR and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import CxrError, ExitCode
 from ..runtime import TFLiteModel
-from ..watch import WatchOptions, run_watch
+from .watch import WatchOptions, run_watch
 from . import outbox
 from .forwarder import Destination, forwarding
 from .receiver import Receiver, ReceiverOptions

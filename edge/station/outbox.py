@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CxrError, ExitCode
-from ..review_log import ReviewLog, utc_now
+from ..review.log import ReviewLog, utc_now
 
 KINDS = ("sr", "sc")
 STATUSES = ("pending", "sent", "failed")

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayIm
                                   DigitalXRayImageStorageForProcessing, Verification)
 from pydicom import uid
 
-from ..watch_move import _fsync_folder
+from .move import _fsync_folder
 
 STORAGE_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                    DigitalXRayImageStorageForProcessing)

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from ..review_log import ReviewLog
+from ..review.log import ReviewLog
 from . import outbox
 
 WARNING_STATUSES = (0xB000, 0xB006, 0xB007)  # stored, with a coercion or element note: still delivered

@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import CxrError, ExitCode
-from .names import one_line
+from ..errors import CxrError, ExitCode
+from ..names import one_line
 
 NOTICE = "screening aid, not a diagnosis"
 STATUSES = ("screened", "refused", "failed", "quarantined")

@@ -13,8 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from .names import shown
-from .review_log import ReviewLog, utc_now
+from ..names import shown
+from ..review.log import ReviewLog, utc_now
 
 RESCREENABLE = ("internal_error", "unsupported_compression")  # causes fixed on the station's side
 

@@ -15,15 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-from .decode_header import regular_file_size
-from .errors import CxrError
-from .names import one_line, shown
-from .review.images import review_images
-from .runtime import TFLiteModel
-from .screening import ScreenResult, screen_file
-from .watch_files import Pending, is_regular
-from .watch_move import move_into
-from .watch_store import WatchStore
+from ..decode_header import regular_file_size
+from ..errors import CxrError
+from ..names import one_line, shown
+from ..review.images import review_images
+from ..runtime import TFLiteModel
+from ..screening import ScreenResult, screen_file
+from .files import Pending, is_regular
+from .move import move_into
+from .store import WatchStore
 
 SOURCE = "watch"
 SKIPPED_REASONS = ("not_a_file", "unreadable")
@@ -63,7 +63,7 @@ def _read_hash(path: Path, stop: threading.Event | None = None) -> tuple[str, in
 
 
 class ExamProcessor:
-    """Handles one ready file: returns an outcome (see watch_status.OUTCOMES) and a line for the operator."""
+    """Handles one ready file: returns an outcome (see status.OUTCOMES) and a line for the operator."""
 
     def __init__(self, options, model: TFLiteModel, log, pending: Pending, stop: threading.Event | None = None,
                  warn=lambda message: None):
@@ -129,7 +129,7 @@ class ExamProcessor:
                                threshold_source=self.options.threshold_source,
                                allow_any_view=self.options.allow_any_view, on_screened=review_images)
         except Exception as exc:  # a bug on one odd file must not stop (and crash-loop) the watcher
-            logging.getLogger("cxr-edge.watch").exception("unexpected error while screening %s", shown(path))
+            logging.getLogger("cxr-edge.station.watch").exception("unexpected error while screening %s", shown(path))
             return ScreenResult(shown(path), "failed", self.model.identity, sha256=sha256,
                                 reason_code="internal_error",
                                 reason=f"{shown(path)}: unexpected error while screening ({type(exc).__name__}: "

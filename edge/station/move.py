@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import CxrError, ExitCode
-from .names import shown
+from ..errors import CxrError, ExitCode
+from ..names import shown
 
 PARTIAL_SUFFIX = ".cxr-edge-copy"
 

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from .review_log import NOTICE
+from ..review.log import NOTICE
 
 OUTCOMES = ("screened", "quarantined", "duplicate", "known", "retry", "changed", "gone", "skipped")
 
@@ -57,7 +57,7 @@ class StatusReporter:
         self.console = Console()
         self.lock = threading.Lock()
         self.recent: list[str] = []
-        self.logger = logging.getLogger("cxr-edge.watch")
+        self.logger = logging.getLogger("cxr-edge.station.watch")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
         self.logger.handlers.clear()

@@ -7,7 +7,7 @@ through a bounded queue to the main thread, which screens them one at a time, so
 hundreds of files holds a few paths in memory, not a few images.
 
 Exactly once: an exam is identified by the sha256 of its bytes; the result row and the hash are
-committed in one SQLite transaction (edge.watch_store). Files are moved (--move-done,
+committed in one SQLite transaction (edge.station.store). Files are moved (--move-done,
 --move-failed) only after that commit. The same bytes under a second name are noted as a
 duplicate of the first exam, without a second result.
 """
@@ -26,15 +26,15 @@ from pathlib import Path
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .errors import CxrError, ExitCode
-from .names import one_line, shown
-from .review_log import ReviewLog
-from .runtime import TFLiteModel
-from .watch_exam import SOURCE, ExamProcessor, stat_signature
-from .watch_files import FolderEvents, Pending, walk_candidates
-from .watch_move import check_move_target
-from .watch_status import StatusReporter
-from .watch_store import WatchStore
+from ..errors import CxrError, ExitCode
+from ..names import one_line, shown
+from ..review.log import ReviewLog
+from ..runtime import TFLiteModel
+from .exam import SOURCE, ExamProcessor, stat_signature
+from .files import FolderEvents, Pending, walk_candidates
+from .move import check_move_target
+from .status import StatusReporter
+from .store import WatchStore
 
 
 @dataclass

@@ -25,12 +25,12 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from .errors import CxrError, ExitCode
-from .review import select_exams
-from .review.page import exam_html, models_html, not_screened_html, stats_html, without_file
-from .review.stats import model_metadata, programme_stats
-from .review.verdicts import register_bundle
-from .review_log import ReviewLog
+from ..errors import CxrError, ExitCode
+from . import select_exams
+from .page import exam_html, models_html, not_screened_html, stats_html, without_file
+from .stats import model_metadata, programme_stats
+from .verdicts import register_bundle
+from .log import ReviewLog
 
 
 PRIVATE = ("file", "moved_to", "duplicates")
@@ -41,7 +41,7 @@ def _e(value) -> str:
 
 
 def _template() -> Template:
-    return Template(resources.files("edge").joinpath("review_export.html").read_text(encoding="utf-8"))
+    return Template(resources.files("edge.review").joinpath("export.html").read_text(encoding="utf-8"))
 
 
 def _script_json(data: dict) -> str:
