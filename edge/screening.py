@@ -16,7 +16,7 @@ from .decode import load_image
 from .errors import CxrError, ExitCode, InputRefused
 from .gate import gate_for
 from .names import one_line, shown
-from .preprocess import preprocess
+from .preprocess import preprocess_info
 from .review.log import NOTICE
 from .runtime import TFLiteModel
 
@@ -35,6 +35,7 @@ class ScreenResult:
     threshold_source: str = ""
     review_images: Any = field(default=None, repr=False)  # what `on_screened` returned (not in JSON or log row)
     gate: dict | None = None  # the input gate's verdict, scores and identity (edge/gate.py)
+    crop: dict | None = None  # what the model's crop did: {"crop": none|borders|lungs|lungs_not_found, "box": [t, b, l, r]}
 
     @property
     def ok(self) -> bool:
@@ -58,6 +59,7 @@ class ScreenResult:
             "image": self.image or None,
             "model": self.model,
             "gate": self.gate,
+            "crop": self.crop,
             "notice": NOTICE,
         }
 
@@ -77,7 +79,8 @@ class ScreenResult:
 
 def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, threshold_source: str = "",
                 allow_any_view: bool = False, on_screened: Callable | None = None) -> ScreenResult:
-    """on_screened(decoded image, model input, prediction, decision, metadata), called for a screened image;
+    """on_screened(decoded image, model input, prediction, decision, metadata, crop), called for a screened
+    image (crop: preprocess_info's {"crop", "box"}, so a heatmap is placed without cropping the film again);
     what it returns is kept as `review_images` (edge.review.images.review_images: the film and heatmap).
     Never raises for a problem with this one file: a bug on an odd file becomes `internal_error`."""
     try:
@@ -107,12 +110,12 @@ def _screen(path: Path, model: TFLiteModel, threshold: float, threshold_source: 
     described = image.describe()  # the file as it came, even when the gate turned or un-inverted it
     if checked is not None and checked.verdict == "corrected":
         image = replace(image, pixels=checked.pixels, width=checked.pixels.shape[1], height=checked.pixels.shape[0])
-    tensor = preprocess(image.pixels, model.metadata.preprocessing)
+    tensor, crop = preprocess_info(image.pixels, model.metadata.preprocessing)
     prediction = model.predict(tensor)
     decision = decide(prediction.probabilities, model.metadata, threshold)
     result = ScreenResult(name, "screened", model.identity, sha256=image.sha256, decision=decision,
                           latency_ms=prediction.latency_ms, image=described, threshold_source=threshold_source,
-                          gate=checked.to_json() if checked else None)
+                          gate=checked.to_json() if checked else None, crop=crop)
     if on_screened is not None:
-        result.review_images = on_screened(image, tensor, prediction, decision, model.metadata)
+        result.review_images = on_screened(image, tensor, prediction, decision, model.metadata, crop)
     return result

@@ -48,6 +48,32 @@ def test_bundled_model_crops_the_samples_to_their_lungs():
         assert 0.2 < (bottom - top) * (right - left) / (h * w) < 0.98, sample
 
 
+def test_screening_with_review_images_runs_the_lung_segmenter_once_and_reports_the_crop(monkeypatch):
+    """The review heatmap is placed with the box the screening found: one segmenter run per exam."""
+    from edge import lungs
+    from edge.review.images import content_box, review_images
+    from edge.screening import screen_file
+
+    model = TFLiteModel(default_model_path())
+    boxes = []
+    real_box = lungs.LungSegmenter.box
+
+    def counting_box(self, pixels):
+        boxes.append(pixels.shape)
+        return real_box(self, pixels)
+
+    monkeypatch.setattr(lungs.LungSegmenter, "box", counting_box)
+    result = screen_file(PNEUMONIA_SAMPLE, model, model.metadata.threshold, on_screened=review_images)
+    assert result.ok and result.review_images is not None and result.review_images.heatmap is not None
+    assert len(boxes) == 1
+    assert result.to_json()["crop"]["crop"] == "lungs"
+    from edge.decode import load_image
+
+    # the box it reports is the one the review would have found by cropping again
+    assert tuple(result.crop["box"]) == tuple(content_box(load_image(PNEUMONIA_SAMPLE).pixels,
+                                                          model.metadata.preprocessing))
+
+
 def test_readme_first_line_screens_the_samples_sensibly():
     run = subprocess.run([sys.executable, "-m", "edge.cli", "screen", "--json", "--no-log", str(NORMAL_SAMPLE),
                           str(PNEUMONIA_SAMPLE), str(COVID_SAMPLE)], capture_output=True, text=True, cwd=ROOT,

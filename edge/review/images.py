@@ -88,12 +88,14 @@ def content_box(pixels: np.ndarray, spec) -> tuple[int, int, int, int]:
     return model_box(np.asarray(pixels, np.float32), spec)[0]
 
 
-def onto_film(heat: np.ndarray, spec, pixels: np.ndarray) -> np.ndarray:
+def onto_film(heat: np.ndarray, spec, pixels: np.ndarray, box=None) -> np.ndarray:
     """A map over the model's input (any resolution) -> the same map over the whole film, at heatmap size.
 
     The input was the film's content box (see content_box), stretched or letterboxed to the model's
-    size: a letterbox's padding is cut off, and the map is placed over the content box (zero elsewhere)."""
-    top, bottom, left, right = content_box(pixels, spec)
+    size: a letterbox's padding is cut off, and the map is placed over the content box (zero elsewhere).
+    `box` is that box when the screening already found it (ScreenResult.crop["box"]): a lung crop's
+    segmenter then runs once per exam, not twice."""
+    top, bottom, left, right = box if box is not None else content_box(pixels, spec)
     h, w = bottom - top, right - left
     if spec.resize == "letterbox":
         heat = cv2.resize(heat, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
@@ -121,7 +123,7 @@ def heatmap_webp(heat: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def heatmap_for(prediction, decision, metadata, pixels: np.ndarray) -> tuple[bytes | None, str]:
+def heatmap_for(prediction, decision, metadata, pixels: np.ndarray, box=None) -> tuple[bytes | None, str]:
     """(WebP or None, a note saying what it shows or why there is none)."""
     cam = prediction.outputs.get("cam")
     if cam is None:
@@ -130,11 +132,11 @@ def heatmap_for(prediction, decision, metadata, pixels: np.ndarray) -> tuple[byt
     heat = abnormal_map(cam, probabilities, metadata.normal_index)
     if heat is None:
         return None, "the class activation maps show no evidence for an abnormal class in this exam"
-    return (heatmap_webp(onto_film(heat, metadata.preprocessing, pixels)),
+    return (heatmap_webp(onto_film(heat, metadata.preprocessing, pixels, box)),
             "evidence for the abnormal classes (class activation map): where the model looked, not a finding")
 
 
-def review_images(image, tensor, prediction, decision, metadata) -> ReviewImages | None:
+def review_images(image, tensor, prediction, decision, metadata, crop=None) -> ReviewImages | None:
     """screen_file's `on_screened` hook: the film and heatmap of one screened exam, or None if the film
     cannot be drawn. `image` is the DecodedImage, `tensor` the model input (unused: the film is drawn
     from the decoded image, not from the model's small input)."""
@@ -143,7 +145,7 @@ def review_images(image, tensor, prediction, decision, metadata) -> ReviewImages
     except (ValueError, cv2.error):
         return None
     try:
-        heatmap, note = heatmap_for(prediction, decision, metadata, image.pixels)
+        heatmap, note = heatmap_for(prediction, decision, metadata, image.pixels, (crop or {}).get("box"))
     except (ValueError, cv2.error) as exc:
         heatmap, note = None, f"the heatmap could not be drawn ({exc})"
     return ReviewImages(film, heatmap, note)

@@ -171,10 +171,10 @@ class Forwarder(threading.Thread):
         # The screening path once more, keeping the decoded film and the model's outputs (its checks passed
         # when the exam was screened, hence allow_any_view); the SR reports the logged scores.
         again = screen_file(source, self.model, exam["threshold"], allow_any_view=True,
-                            on_screened=lambda image, tensor, prediction, decision, metadata: (image, prediction))
+                            on_screened=lambda image, tensor, prediction, decision, metadata, crop: (image, prediction, crop))
         if not again.ok or again.review_images is None:
             raise CxrError(f"{source}: cannot be read again ({again.reason})", reason="unreadable")
-        image, prediction = again.review_images
+        image, prediction, crop = again.review_images
         try:
             dataset = pydicom.dcmread(BytesIO(source.read_bytes()), stop_before_pixels=True)
         except Exception as exc:
@@ -183,7 +183,7 @@ class Forwarder(threading.Thread):
         with warnings.catch_warnings():  # highdicom warns about odd person names copied from the source
             warnings.simplefilter("ignore", UserWarning)
             picture, note = overlay_picture(image.pixels, prediction.outputs.get("cam"), probabilities,
-                                            meta.normal_index, meta.preprocessing, banner_text(exam))
+                                            meta.normal_index, meta.preprocessing, banner_text(exam), crop["box"])
             try:
                 return [("sr", build_sr(dataset, exam, list(meta.classes))),
                         ("sc", build_sc(dataset, exam, picture, note))]

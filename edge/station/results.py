@@ -100,7 +100,7 @@ def _identify(ds: Dataset, exam: dict) -> None:
 
 
 def overlay_picture(pixels: np.ndarray, cam: np.ndarray | None, classes_probabilities: list[float],
-                    normal_index: int, spec, banner: list[str]) -> tuple[np.ndarray, str]:
+                    normal_index: int, spec, banner: list[str], box=None) -> tuple[np.ndarray, str]:
     """(RGB uint8 picture of the film with the heatmap and a banner, a note on the heatmap).
 
     pixels: the decoded film in [0, 1]; cam: the model's class activation maps on its input grid,
@@ -114,7 +114,7 @@ def overlay_picture(pixels: np.ndarray, cam: np.ndarray | None, classes_probabil
     picture = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     heat = None if cam is None else abnormal_map(cam, classes_probabilities, normal_index)
     if heat is not None:
-        heat = cv2.resize(onto_film(heat, spec, pixels), size, interpolation=cv2.INTER_LINEAR)
+        heat = cv2.resize(onto_film(heat, spec, pixels, box), size, interpolation=cv2.INTER_LINEAR)
         colour = cv2.applyColorMap(np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
         alpha = (np.clip(heat, 0.0, 1.0) * HEATMAP_MAX_ALPHA)[:, :, None]
         picture = np.clip(picture * (1.0 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
