@@ -45,12 +45,15 @@ def print_results(results, model, threshold: float, threshold_source: str) -> No
 
 
 def _print_gate_lines(console: Console, results) -> None:
-    """What the input gate corrected, and which gate file it was (edge/gate.py)."""
+    """What the input gate corrected, where the lung crop found no lungs, and which gate file it was."""
     gates = [r.gate for r in results if r.gate]
     for r in results:
         if r.gate and r.gate.get("corrected") and r.ok:
             console.print(f"{escape(r.file)}: corrected by the input gate ({', '.join(r.gate['corrected'])}) "
                           "before screening", highlight=False)
+        if r.ok and r.crop and r.crop.get("crop") == "lungs_not_found":
+            console.print(f"{escape(r.file)}: the lung segmenter found no lungs; the model was given the film "
+                          "inside its borders instead (check the image)", highlight=False)
     if gates:
         g = gates[0]
         console.print(f"input gate {escape(g['model_name'])} {escape(g['model_version'])} "

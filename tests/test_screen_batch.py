@@ -71,3 +71,21 @@ def test_readme_quick_start_does_not_write_the_review_log(tmp_path):
                          env=env, timeout=120)
     assert run.returncode == 0 and "refer" in run.stdout, run.stderr
     assert not (home / "review.sqlite").exists()
+
+
+def test_table_says_when_the_lung_crop_found_no_lungs():
+    from rich.console import Console
+
+    from edge.decision import Decision
+    from edge.output import _print_gate_lines
+    from edge.screening import ScreenResult
+
+    decision = Decision(decision="refer", abnormality=0.7, probabilities={"normal": 0.3, "pneumonia": 0.7},
+                        top_class="pneumonia", threshold=0.5)
+    found = ScreenResult("a.png", "screened", {}, decision=decision, crop={"crop": "lungs", "box": [1, 9, 1, 9]})
+    lost = ScreenResult("b.png", "screened", {}, decision=decision, crop={"crop": "lungs_not_found",
+                                                                          "box": [0, 10, 0, 10]})
+    console = Console(record=True, width=200)
+    _print_gate_lines(console, [found, lost])
+    text = console.export_text()
+    assert "b.png: the lung segmenter found no lungs" in text and "a.png" not in text
