@@ -208,16 +208,19 @@ def plot(result: dict, path: Path) -> Path:
 
     rows = result["rows"]
     use_latency = all(r["int8"] for r in rows)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    palette = plt.get_cmap("tab20")
     for k, r in enumerate(rows):
         x = r["int8"]["latency_ms"] if use_latency else r["parameters"]
         if x is None:
             continue
-        colour = f"C{k % 10}"
+        colour = palette(k % 20)  # 20 distinct colours, and every test point is labelled with its run
         if r["seen"] and r["seen"]["auc"] is not None:
             ax.plot([x], [r["seen"]["auc"]], "o", mfc="none", color=colour)
         if r["test"] and r["test"]["auc"] is not None:
             ax.plot([x], [r["test"]["auc"]], "o", color=colour, label=f"{r['name']} ({r['preset']})")
+            ax.annotate(r["name"], (x, r["test"]["auc"]), xytext=(4, 3), textcoords="offset points", fontsize=6,
+                        color=colour)
             if r["seen"] and r["seen"]["auc"] is not None:
                 ax.plot([x, x], [r["seen"]["auc"], r["test"]["auc"]], "-", color=colour, lw=0.8)
         for src, m in r["external"].items():
@@ -229,7 +232,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title("test (filled), seen (hollow), held-out sources (x)")
     ax.grid(alpha=0.3)
     if rows:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
