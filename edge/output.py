@@ -37,14 +37,14 @@ def print_results(results, model, threshold: float, threshold_source: str) -> No
         console.print("cxr-edge screening (probabilities: --json, or a wider terminal)", highlight=False)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
-    _print_gate_lines(console, results)
+    _print_image_notes(console, results)
     meta = model.metadata
     console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
                   f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
                   highlight=False)
 
 
-def _print_gate_lines(console: Console, results) -> None:
+def _print_image_notes(console: Console, results) -> None:
     """What the input gate corrected, where the lung crop found no lungs, and which gate file it was."""
     gates = [r.gate for r in results if r.gate]
     for r in results:

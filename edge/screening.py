@@ -35,7 +35,8 @@ class ScreenResult:
     threshold_source: str = ""
     review_images: Any = field(default=None, repr=False)  # what `on_screened` returned (not in JSON or log row)
     gate: dict | None = None  # the input gate's verdict, scores and identity (edge/gate.py)
-    crop: dict | None = None  # what the model's crop did: {"crop": none|borders|lungs|lungs_not_found, "box": [t, b, l, r]}
+    # what the model's crop did: {"crop": none|borders|lungs|lungs_not_found, "box": [top, bottom, left, right]}
+    crop: dict | None = None
 
     @property
     def ok(self) -> bool:

@@ -77,7 +77,7 @@ def test_table_says_when_the_lung_crop_found_no_lungs():
     from rich.console import Console
 
     from edge.decision import Decision
-    from edge.output import _print_gate_lines
+    from edge.output import _print_image_notes
     from edge.screening import ScreenResult
 
     decision = Decision(decision="refer", abnormality=0.7, probabilities={"normal": 0.3, "pneumonia": 0.7},
@@ -86,6 +86,6 @@ def test_table_says_when_the_lung_crop_found_no_lungs():
     lost = ScreenResult("b.png", "screened", {}, decision=decision, crop={"crop": "lungs_not_found",
                                                                           "box": [0, 10, 0, 10]})
     console = Console(record=True, width=200)
-    _print_gate_lines(console, [found, lost])
+    _print_image_notes(console, [found, lost])
     text = console.export_text()
     assert "b.png: the lung segmenter found no lungs" in text and "a.png" not in text

@@ -34,7 +34,8 @@ from .audit import default_cache_path, run_audit  # noqa: E402
 from .fit_config import MONITORS, FitConfig, FitResult, check_config, say  # noqa: E402,F401
 from .fit_report import finish, write_json  # noqa: E402
 from .heldout import split_held_out  # noqa: E402
-from .splits import assign_splits, leak_summary, leaks, select_images, small_validation_warning, split_counts  # noqa: E402
+from .splits import (assign_splits, leak_summary, leaks, select_images, small_validation_warning,  # noqa: E402
+                     split_counts)
 
 def prepare_data(config: FitConfig):
     """Discover, audit, select and split. Raises CxrError on leakage unless allowed."""

@@ -171,7 +171,8 @@ class Forwarder(threading.Thread):
         # The screening path once more, keeping the decoded film and the model's outputs (its checks passed
         # when the exam was screened, hence allow_any_view); the SR reports the logged scores.
         again = screen_file(source, self.model, exam["threshold"], allow_any_view=True,
-                            on_screened=lambda image, tensor, prediction, decision, metadata, crop: (image, prediction, crop))
+                            on_screened=lambda image, tensor, prediction, decision, metadata, crop:
+                            (image, prediction, crop))
         if not again.ok or again.review_images is None:
             raise CxrError(f"{source}: cannot be read again ({again.reason})", reason="unreadable")
         image, prediction, crop = again.review_images
