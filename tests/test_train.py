@@ -261,3 +261,49 @@ def test_grad_cam_uses_logits_where_softmax_saturates():
     assert not np.any(tape.gradient(chosen, maps).numpy())  # Grad-CAM on softmax would be blank here
     cams = grad_cam(model, x, top)
     assert cams.shape == (2, 32, 32) and (cams.max(axis=(1, 2)) > 0.5).all()
+
+
+def test_weight_average_is_the_running_mean_and_survives_a_resume(tmp_path):
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras as keras
+
+    from train.averaging import WeightAverage
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    average = WeightAverage(model, tmp_path / "average.npz")
+    for value in (1.0, 3.0, 8.0):
+        model.set_weights([np.full(w.shape, value, np.float32) for w in model.get_weights()])
+        average.add()
+    average.save()
+    resumed = WeightAverage(model, tmp_path / "average.npz")
+    assert resumed.load() and resumed.count == 3
+    model.set_weights([np.zeros(w.shape, np.float32) for w in model.get_weights()])
+    resumed.add()  # a fourth snapshot, all zeros: (1 + 3 + 8 + 0) / 4
+    assert resumed.apply() == 4
+    assert all(np.allclose(w, 3.0) for w in model.get_weights())
+
+
+@pytest.mark.slow
+def test_fit_with_weight_averaging_ships_the_average(tmp_path):
+    from train.fit import FitConfig, run
+
+    result = run(FitConfig(data=[MINI], out=tmp_path / "avg", input_size=64, epochs=3, batch_size=8,
+                           val_fraction=0.25, test_fraction=0.25, seed=1, verbose=0, patience=1,
+                           average_from=2, average_every=1, cache_path=tmp_path / "h.json", gradcam_per_kind=1))
+    ckpt = result.out / "checkpoints"
+    # 12 training images in batches of 8: 2 steps an epoch, snapshots at every step of epochs 2 and 3
+    assert json.loads((ckpt / "average.json").read_text()) == {"snapshots": 4, "through_epoch": 3}
+    with open(result.out / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3  # patience 1, but no early stopping with averaging
+    import models.architectures  # noqa: F401
+    import tf_keras as keras
+
+    shipped = keras.models.load_model(str(result.out / "model.keras"), compile=False)
+    last = keras.models.load_model(str(ckpt / "last.keras"), compile=False)
+    with np.load(ckpt / "average.npz") as data:
+        mean = [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
+    kernels = [i for i, w in enumerate(shipped.weights) if "kernel" in w.name]
+    assert kernels
+    for i in kernels:  # kernels are the average (BatchNorm statistics are re-estimated afterwards)
+        assert np.allclose(shipped.weights[i].numpy(), mean[i], atol=1e-6)
+    assert not all(np.allclose(shipped.weights[i].numpy(), last.weights[i].numpy()) for i in kernels)

@@ -156,6 +156,11 @@ def fit(
     monitor: str = typer.Option("val_screening_auc", "--monitor",
                                 help="val_screening_auc, val_loss or val_accuracy: early stopping and best checkpoint."),
     patience: int = typer.Option(5, "--patience", min=1),
+    average_from: int = typer.Option(0, "--average-from", min=0,
+                                     help="Ship the weights averaged (every --average-every steps) from this epoch "
+                                     "to the end instead of the best validation epoch; no early stopping then "
+                                     "(0 = off)."),
+    average_every: int = typer.Option(10, "--average-every", min=1, help="Steps between snapshots of the average."),
     balance: str = typer.Option("weights", "--balance", help="weights (class weights), source (every class, and "
                                 "every source inside a class, weighs the same), sampling (balanced "
                                                              "batches) or none."),
@@ -177,6 +182,8 @@ def fit(
     noise: float = typer.Option(0.0, "--noise", min=0.0, max=0.2,
                                 help="Gaussian noise sigma in augmentation (0 = off; see docs before using)."),
     seed: int = typer.Option(0, "--seed"),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the train/val/test split "
+                                             "(default: --seed); fix it to compare or ensemble seeds on one split."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (on with a GPU), on or off."),
     target_sensitivity: float = typer.Option(0.95, "--target-sensitivity",
                                              help="Threshold = highest reaching this sensitivity on validation."),
@@ -200,10 +207,12 @@ def fit(
         normalize=normalize, lungs=lungs, hold_out=tuple(hold_out), aug=tuple(aug), epochs=epochs,
         fine_tune_epochs=fine_tune_epochs, fine_tune_fraction=fine_tune_fraction, batch_size=batch_size,
         learning_rate=learning_rate, optimizer=optimizer, schedule=schedule, monitor=monitor, patience=patience,
+        average_from=average_from, average_every=average_every,
         balance=balance, val_fraction=val_fraction, test_fraction=test_fraction, use_dataset_splits=not resplit,
         resplit_val=resplit_val,
         dedup=dedup, allow_leakage=allow_leakage, max_distance=max_distance, aliases=parse_alias_overrides(alias),
         classes=_classes(classes), weights=weights, dropout=dropout, augment=augment, flip=flip, noise=noise, seed=seed,
+        split_seed=split_seed,
         mixed_precision=mixed_precision, target_sensitivity=target_sensitivity, name=name, version=version,
         resume=resume, steps_per_epoch=steps_per_epoch, cache_path=cache,
         verbose=2 if quiet or not sys.stdout.isatty() else 1,

@@ -60,7 +60,8 @@ def prepare_data(config: FitConfig):
         say(config, f"held out {', '.join(config.hold_out)}: {len(external)} external images"
                      + (f" ({copies} left out as copies of used images)" if copies else ""))
     splits = assign_splits(result, indices, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                           seed=config.seed, use_dataset_splits=config.use_dataset_splits,
+                           seed=config.seed if config.split_seed is None else config.split_seed,
+                           use_dataset_splits=config.use_dataset_splits,
                            resplit_val=config.resplit_val)
     leaked = leaks(result, splits)
     counts = split_counts(samples, splits)
@@ -130,8 +131,10 @@ class _StateCallback:
         return StateCallback()
 
 
-def _callbacks(config: FitConfig, ckpt: Path, phase: int, best_value):
+def _callbacks(config: FitConfig, ckpt: Path, phase: int, best_value, average):
     import tf_keras as keras
+
+    from .averaging import averaging_callback
 
     mode = MONITORS[config.monitor]
     callbacks = [
@@ -140,11 +143,14 @@ def _callbacks(config: FitConfig, ckpt: Path, phase: int, best_value):
                                         initial_value_threshold=best_value),
         keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras"), save_best_only=False),
         _StateCallback(ckpt / "state.json", phase, config.monitor),
-        keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience,
-                                      restore_best_weights=False),
         keras.callbacks.CSVLogger(str(config.out / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if average is None:  # with weight averaging the epoch budget is fixed: no early stopping
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience,
+                                                       restore_best_weights=False))
+    else:
+        callbacks.append(averaging_callback(average, start_epoch=config.average_from, every=config.average_every))
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, mode=mode, factor=0.5,
                                                            patience=max(1, config.patience // 2), min_lr=1e-6))
@@ -225,6 +231,13 @@ def run(config: FitConfig) -> FitResult:
             if _pretrained(config):  # a random backbone (--weights none) is trained whole, BatchNorm included
                 set_backbone_trainable(model, 0.0)
             _compile(model, config, config.learning_rate, steps, config.epochs)
+    average = None
+    if config.average_from:
+        from .averaging import AVERAGE_FILE, WeightAverage
+
+        average = WeightAverage(model, ckpt / AVERAGE_FILE)
+        if not (state and average.load()):
+            (ckpt / AVERAGE_FILE).unlink(missing_ok=True)
     fit_kwargs = dict(steps_per_epoch=steps, validation_data=val_ds, class_weight=weights, verbose=config.verbose)
     done_epochs = int(state.get("epoch", 0))
     phase = int(state.get("phase", 1))
@@ -233,7 +246,7 @@ def run(config: FitConfig) -> FitResult:
                      f"epochs of {steps} steps" + (" with the backbone frozen" if backbone_of(model) and _pretrained(config)
                                                    else ""))
         model.fit(train_ds, epochs=config.epochs, initial_epoch=done_epochs,
-                  callbacks=_callbacks(config, ckpt, 1, state.get("best")), **fit_kwargs)
+                  callbacks=_callbacks(config, ckpt, 1, state.get("best"), average), **fit_kwargs)
     fine_tuned = 0
     if preset.kind == "transfer" and config.fine_tune_epochs > 0:
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -254,8 +267,11 @@ def run(config: FitConfig) -> FitResult:
                      f"at learning rate {config.learning_rate / 10:g}, epochs {start_epoch + 1}-{end_epoch}")
         if start_epoch < end_epoch:
             model.fit(train_ds, epochs=end_epoch, initial_epoch=start_epoch,
-                      callbacks=_callbacks(config, ckpt, 2, state.get("best")), **fit_kwargs)
-    if (ckpt / "best.weights.h5").exists():
+                      callbacks=_callbacks(config, ckpt, 2, state.get("best"), average), **fit_kwargs)
+    if average is not None:
+        say(config, f"shipping the weights averaged over {average.apply()} snapshots from epoch "
+                     f"{config.average_from} on (the best validation epoch stays in checkpoints/)")
+    elif (ckpt / "best.weights.h5").exists():
         model.load_weights(str(ckpt / "best.weights.h5"))
     train_seconds = time.perf_counter() - start
 

@@ -35,6 +35,8 @@ class FitConfig:
     schedule: str = "plateau"  # plateau | cosine | constant
     monitor: str = "val_screening_auc"
     patience: int = 5
+    average_from: int = 0  # 0: ship the best validation epoch; k: ship the weights averaged from epoch k on
+    average_every: int = 10  # training steps between two snapshots of the average (train/averaging.py)
     balance: str = "weights"  # weights (class) | source (class and source, per image) | sampling | none
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -51,6 +53,7 @@ class FitConfig:
     flip: bool = False
     noise: float = 0.0  # Gaussian noise sigma in augmentation (0 = off)
     seed: int = 0
+    split_seed: int | None = None  # None: the split is drawn with `seed` too
     deterministic: bool = True
     mixed_precision: str = "auto"  # auto (on when a GPU is present) | on | off
     target_sensitivity: float = 0.95
@@ -80,6 +83,9 @@ def check_config(c: FitConfig) -> None:
         problems.append("--val-fraction/--test-fraction must be in (0, 1) and leave room for training")
     if not 0 < c.target_sensitivity <= 1:
         problems.append("--target-sensitivity must be in (0, 1]")
+    if c.average_from < 0 or c.average_from > c.epochs + c.fine_tune_epochs or c.average_every < 1:
+        problems.append(f"--average-from {c.average_from} must be between 1 and the number of epochs "
+                        f"({c.epochs + c.fine_tune_epochs}), --average-every at least 1")
     if c.classes and NORMAL_CLASS not in c.classes:
         problems.append(f"--classes must include {NORMAL_CLASS!r}")
     if problems:

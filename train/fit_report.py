@@ -250,6 +250,9 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
               f"{t['epochs_run']} epochs of {t['steps_per_epoch']} steps, batch {t['config']['batch_size']}, "
               f"{t['config']['optimizer']} lr {t['config']['learning_rate']} ({t['config']['schedule']}), "
               f"monitor {t['config']['monitor']}, balance {t['config']['balance']}, seed {t['config']['seed']}. "
+              + (f"Shipped weights: the average from epoch {t['config']['average_from']} to the end, a snapshot "
+                 f"every {t['config']['average_every']} steps (no early stopping). " if t['config'].get('average_from')
+                 else "Shipped weights: the best validation epoch. ") +
               f"Environment: {t['environment']}. Training took {t['train_seconds']:.0f} s, the whole run "
               f"{t['wall_seconds']:.0f} s.", "",
               "Plots: " + ", ".join(f"plots/{p}" for p in metrics["plots"]) + ". Grad-CAM: gradcam/ "
