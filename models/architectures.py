@@ -25,6 +25,7 @@ from edge.errors import CxrError, ExitCode  # noqa: E402
 
 BACKBONE = "backbone"
 FEATURES_POOL = "gap"
+MIXSTYLE_BLOCKS = 2  # MixStyle after the first two conv blocks (style lives in early features)
 
 # Value range each Keras application expects, as (scale, offset) per channel applied to x in [0, 1]:
 # "tf" -> [-1, 1]; "raw" -> [0, 255] (models with their own rescaling layers); "torch" -> ImageNet
@@ -63,6 +64,42 @@ class GreyToBackbone(keras.layers.Layer):
         return {**super().get_config(), "scaling": self.scaling}
 
 
+@keras.saving.register_keras_serializable(package="cxr_edge")
+class MixStyle(keras.layers.Layer):
+    """MixStyle (Zhou et al., ICLR 2021), a domain-generalisation layer for early feature maps. In training,
+    with probability `p` per batch, each image's per-channel feature mean and standard deviation (its
+    "style": contrast, sharpness, texture of its hospital's films) are mixed with those of another image of
+    the batch, lambda ~ Beta(alpha, alpha); the content (normalised features) is kept. At inference it is the
+    identity, so converted .tflite files hold no trace of it.
+    """
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.p, self.alpha, self.eps, self.seed = float(p), float(alpha), float(eps), seed
+
+    def call(self, inputs, training=None):
+        if not training or not self.p:
+            return inputs
+        x = tf.cast(inputs, tf.float32)
+        batch = tf.shape(x)[0]
+        mu = tf.stop_gradient(tf.reduce_mean(x, axis=[1, 2], keepdims=True))
+        sig = tf.stop_gradient(tf.sqrt(tf.math.reduce_variance(x, axis=[1, 2], keepdims=True) + self.eps))
+        g1 = tf.random.gamma([batch, 1, 1, 1], self.alpha, seed=self.seed)
+        g2 = tf.random.gamma([batch, 1, 1, 1], self.alpha, seed=None if self.seed is None else self.seed + 1)
+        lam = g1 / tf.maximum(g1 + g2, 1e-12)
+        perm = tf.random.shuffle(tf.range(batch), seed=self.seed)
+        mixed = (x - mu) / sig * (lam * sig + (1 - lam) * tf.gather(sig, perm)) + (
+            lam * mu + (1 - lam) * tf.gather(mu, perm))
+        apply = tf.random.uniform([], seed=self.seed) < self.p
+        return tf.cast(tf.where(apply, mixed, x), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "alpha": self.alpha, "eps": self.eps, "seed": self.seed}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -75,7 +112,7 @@ class Preset:
 
 def _small_cnn(filters=(32, 64, 128), dropout: float = 0.0, l2: float = 0.0, batch_norm: bool = False,
                pool_last: bool = False):
-    def build(inputs, weights, seed):
+    def build(inputs, weights, seed, mixstyle: float = 0.0):
         reg = keras.regularizers.l2(l2) if l2 else None
         x = inputs
         for i, n in enumerate(filters):
@@ -90,6 +127,8 @@ def _small_cnn(filters=(32, 64, 128), dropout: float = 0.0, l2: float = 0.0, bat
                 x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
                 if dropout:
                     x = keras.layers.Dropout(dropout, seed=seed, name=f"drop{i + 1}")(x)
+            if mixstyle and i < MIXSTYLE_BLOCKS:
+                x = MixStyle(mixstyle, seed=seed * 10 + i, name=f"mixstyle{i + 1}")(x)
         return x
     return build
 
@@ -180,7 +219,7 @@ def _weights_argument(preset: Preset, weights: str | None):
 
 
 def build_model(preset: str, *, input_size: int = 224, classes: int = 3, weights: str | None = None,
-                dropout: float = 0.2, seed: int = 0) -> keras.Model:
+                dropout: float = 0.2, seed: int = 0, mixstyle: float = 0.0) -> keras.Model:
     """A fresh model for `preset`; weights: None/"none" (offline default), "imagenet", or a file path.
 
     For a transfer preset a file path is passed to the Keras application (its no-top weights file,
@@ -192,9 +231,13 @@ def build_model(preset: str, *, input_size: int = 224, classes: int = 3, weights
         raise CxrError(f"--input-size {input_size} is too small for {preset} (minimum {spec.min_size})",
                        code=ExitCode.USAGE, reason="bad_option")
     weights_arg = _weights_argument(spec, weights)
+    if mixstyle and (spec.kind != "cnn" or spec.name == "dense"):
+        raise CxrError(f"--mixstyle works with the convolutional presets trained from scratch, not {preset}",
+                       code=ExitCode.USAGE, reason="bad_option")
     inputs = keras.Input((input_size, input_size, 1), name="image")
     try:
-        features = spec.build_features(inputs, weights_arg if spec.kind == "transfer" else None, seed)
+        features = spec.build_features(inputs, weights_arg if spec.kind == "transfer" else None, seed,
+                                       **({"mixstyle": mixstyle} if mixstyle else {}))
     except Exception as exc:  # download failures surface as several exception types
         if weights_arg == "imagenet":
             raise CxrError(f"cannot load ImageNet weights for {preset} ({str(exc).splitlines()[0][:160]}); "

@@ -78,3 +78,53 @@ def test_seed_architecture_builds_trains_one_step_and_converts(preset):
         interpreter.invoke()
         got = interpreter.get_tensor(out["index"])[0]
         assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_mixstyle_mixes_style_in_training_keeps_content_and_vanishes_when_converted(tmp_path):
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras as keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converters.convert import convert
+    from models.architectures import MixStyle, build_model
+
+    x, y = _images(32)
+    layer = MixStyle(p=1.0, seed=3)
+    assert np.array_equal(layer(x, training=False).numpy(), x)  # identity when screening
+    mixed = layer(x, training=True).numpy()
+    assert not np.allclose(mixed, x)
+    mu, sd = x.mean(axis=(1, 2)), x.std(axis=(1, 2))
+    m_mu, m_sd = mixed.mean(axis=(1, 2)), mixed.std(axis=(1, 2))
+    for i in range(len(x)):  # each image's new style lies between its own and another image's of the batch
+        assert mu.min() - 1e-5 <= m_mu[i, 0] <= mu.max() + 1e-5 and sd.min() - 1e-5 <= m_sd[i, 0] <= sd.max() + 1e-5
+        content, kept = (x[i] - mu[i]) / sd[i], (mixed[i] - m_mu[i]) / m_sd[i]  # the content is unchanged
+        assert np.allclose(content, kept, atol=1e-3)
+    same = np.repeat(x[:1], 3, axis=0)  # one style only: nothing to mix
+    assert np.allclose(layer(same, training=True).numpy(), same, atol=1e-5)
+
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn-4block", input_size=32, classes=3, mixstyle=0.5)
+    assert [layer.name for layer in model.layers if isinstance(layer, MixStyle)] == ["mixstyle1", "mixstyle2"]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert np.isfinite(model.train_on_batch(x, y))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert loaded.get_layer("mixstyle2").p == 0.5
+    expected = model(x[:1], training=False).numpy()[0]
+    assert np.allclose(loaded(x[:1], training=False).numpy()[0], expected, atol=1e-6)
+    interpreter = Interpreter(model_content=convert(model, "float32", None), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(inp["index"], x[:1])
+    interpreter.invoke()
+    assert interpreter.get_tensor(out["index"])[0] == pytest.approx(expected, abs=1e-4)
+    ops = {d["op_name"] for d in interpreter._get_ops_details()}
+    assert not ops & {"RandomGamma", "RandomShuffle", "RandomUniform", "FlexRandomGamma"}, ops
+
+
+def test_mixstyle_is_refused_for_transfer_presets():
+    from edge.errors import CxrError
+    from models.architectures import build_model
+
+    with pytest.raises(CxrError, match="mixstyle"):
+        build_model("mobilenetv2-0.35", input_size=32, classes=3, mixstyle=0.5)

@@ -227,7 +227,8 @@ def run(config: FitConfig) -> FitResult:
         else:
             state = {}
             model = build_model(config.preset, input_size=config.input_size, classes=len(classes),
-                                weights=config.weights, dropout=config.dropout, seed=config.seed)
+                                weights=config.weights, dropout=config.dropout, seed=config.seed,
+                                mixstyle=config.mixstyle)
             if _pretrained(config):  # a random backbone (--weights none) is trained whole, BatchNorm included
                 set_backbone_trainable(model, 0.0)
             _compile(model, config, config.learning_rate, steps, config.epochs)

@@ -49,6 +49,7 @@ class FitConfig:
     classes: tuple = ()  # () = those of CANONICAL_CLASSES that the data holds, in that order
     weights: str | None = None  # None/"none", "imagenet", or a weights file
     dropout: float = 0.2
+    mixstyle: float = 0.0  # MixStyle probability after the first two conv blocks (models.architectures.MixStyle)
     augment: bool = True
     flip: bool = False
     noise: float = 0.0  # Gaussian noise sigma in augmentation (0 = off)
@@ -86,6 +87,8 @@ def check_config(c: FitConfig) -> None:
     if c.average_from < 0 or c.average_from > c.epochs + c.fine_tune_epochs or c.average_every < 1:
         problems.append(f"--average-from {c.average_from} must be between 1 and the number of epochs "
                         f"({c.epochs + c.fine_tune_epochs}), --average-every at least 1")
+    if not 0 <= c.mixstyle <= 1:
+        problems.append(f"--mixstyle {c.mixstyle} must be between 0 and 1")
     if c.classes and NORMAL_CLASS not in c.classes:
         problems.append(f"--classes must include {NORMAL_CLASS!r}")
     if problems:
