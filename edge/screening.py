@@ -74,7 +74,7 @@ class ScreenResult:
             "threshold": d.threshold if d else None, "threshold_source": self.threshold_source or None,
             "latency_ms": self.latency_ms, "image": self.image or None,
             "model_name": self.model["name"], "model_version": self.model["version"],
-            "model_sha256": self.model["sha256"], "gate": self.gate,
+            "model_sha256": self.model["sha256"], "gate": self.gate, "crop": self.crop,
         }
 
 

@@ -196,6 +196,9 @@ def test_screen_stores_film_and_heatmap_and_knows_an_image_it_has_seen(big_png, 
     record = json.loads(again.stdout)
     assert record["already_screened"] is True and record["exam_id"] == 1
     assert record["abnormality"] == first["abnormality"] and record["screened_at"]
+    # the earlier exam's input gate and lung crop come back with it, as the first screening reported them
+    assert first["crop"]["crop"] == "lungs" and first["gate"]["verdict"]
+    assert (record["crop"], record["gate"]) == (first["crop"], first["gate"])
     assert "already screened as exam 1" in again.stderr
     table = cli("screen", str(path), "--log", str(log))
     from edge.metadata import read_model_file
@@ -203,7 +206,7 @@ def test_screen_stores_film_and_heatmap_and_knows_an_image_it_has_seen(big_png, 
 
     shipped_threshold = read_model_file(default_model_path())[1].threshold
     assert "already screened as exam 1" in table.stderr and f"{shipped_threshold:.3f}" in table.stdout
-    assert [e["id"] for e in listed(log)] == [1]
+    assert [e["id"] for e in listed(log)] == [1] and listed(log)[0]["crop"] == first["crop"]
     # --no-log neither reads nor writes the log: screened afresh, nothing added
     fresh = json.loads(cli("screen", str(path), "--json", "--no-log", "--log", str(log)).stdout)
     assert fresh["already_screened"] is False and fresh["exam_id"] is None

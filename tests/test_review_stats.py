@@ -212,3 +212,21 @@ def test_a_log_from_an_older_version_keeps_its_verdict_and_thumbnail(tmp_path):
     page = (out / "index.html").read_text()
     assert page.count('class="film-img"') == 1 and "kept only the model&#x27;s small input" in page
     assert "not in this log" in page  # no model metadata kept by the old version: says so
+
+
+def test_a_log_without_the_gate_and_crop_columns_gets_them(tmp_path):
+    from edge.review.log import ReviewLog
+
+    log_path = tmp_path / "old.sqlite"
+    with ReviewLog(log_path) as log:
+        log.record({"source": "screen", "file": "/in/a.png", "status": "screened", "model_name": "old"})
+    with sqlite3.connect(log_path) as db:  # as a version before the input gate and the lung crop wrote it
+        db.execute("ALTER TABLE exams DROP COLUMN gate")
+        db.execute("ALTER TABLE exams DROP COLUMN crop")
+    with ReviewLog(log_path) as log:
+        crop = {"crop": "lungs_not_found", "box": [0, 10, 0, 12]}
+        exam_id = log.record({"source": "screen", "file": "/in/b.png", "status": "screened", "model_name": "new",
+                              "gate": {"verdict": "chest_xray"}, "crop": crop})
+        rows = {row["id"]: row for row in log.query("1 = 1")}
+    assert rows[exam_id]["crop"] == crop and rows[exam_id]["gate"] == {"verdict": "chest_xray"}
+    assert rows[1]["crop"] is None and rows[1]["file"] == "/in/a.png"

@@ -73,6 +73,8 @@ def exam_record(log: ReviewLog, row: dict, verdicts: list[dict]) -> dict:
         "reason_code": row["reason_code"],
         "reason": row["reason"],
         "image": row["image"],
+        "gate": row.get("gate"),
+        "crop": row.get("crop"),
         "duplicates": log.duplicates(row["id"]),
         "moved_to": log.moved_to(row["id"]),
         "verdict": latest.get("verdict"),

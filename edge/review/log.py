@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS exams (
     model_version TEXT,
     model_sha256 TEXT,
     gate TEXT,
+    crop TEXT,
     notice TEXT NOT NULL,
     verdict TEXT CHECK (verdict IS NULL OR verdict IN ('agree', 'disagree')),
     verdict_note TEXT,
@@ -139,8 +140,8 @@ INSERT OR IGNORE INTO station (key, value) VALUES ('station_id', lower(hex(rando
 
 COLUMNS = ("created_at", "source", "file", "sha256", "status", "reason_code", "reason", "decision",
            "abnormality", "top_class", "probabilities", "threshold", "threshold_source", "latency_ms",
-           "image", "model_name", "model_version", "model_sha256", "gate", "notice")
-JSON_COLUMNS = ("probabilities", "image", "gate")
+           "image", "model_name", "model_version", "model_sha256", "gate", "crop", "notice")
+JSON_COLUMNS = ("probabilities", "image", "gate", "crop")
 
 
 def utc_now() -> str:
@@ -167,7 +168,7 @@ class ReviewLog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
-            _add_gate_column(self.db)
+            _add_late_columns(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise CxrError(f"{self.path}: review log cannot be opened ({one_line(exc)})", code=ExitCode.STORAGE,
                            reason="log_unwritable") from None
@@ -329,10 +330,13 @@ class ReviewLog:
         return [decode_row(row) for row in rows]
 
 
-def _add_gate_column(db: sqlite3.Connection) -> None:
-    """Logs written before the input gate existed get its column (JSON: verdict, scores, gate identity)."""
-    if "gate" not in {row[1] for row in db.execute("PRAGMA table_info(exams)")}:
-        db.execute("ALTER TABLE exams ADD COLUMN gate TEXT")
+def _add_late_columns(db: sqlite3.Connection) -> None:
+    """Logs written before these columns existed get them: `gate` (JSON: the input gate's verdict, scores and
+    identity) and `crop` (JSON: what the model's crop did, {"crop": none|borders|lungs|lungs_not_found, "box"})."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(exams)")}
+    for column in ("gate", "crop"):
+        if column not in present:
+            db.execute(f"ALTER TABLE exams ADD COLUMN {column} TEXT")
 
 
 def decode_row(row: sqlite3.Row) -> dict:

@@ -44,7 +44,8 @@ def earlier_result(log: ReviewLog, path: Path, model) -> tuple[ScreenResult, dic
     decision = Decision(row["decision"], row["abnormality"], row["top_class"], row["probabilities"], row["threshold"])
     result = ScreenResult(shown(path), "screened", model.identity, sha256=sha256, decision=decision,
                           latency_ms=row["latency_ms"] or 0.0, image=row["image"] or {},
-                          threshold_source=row["threshold_source"] or "")
+                          threshold_source=row["threshold_source"] or "", gate=row.get("gate"),
+                          crop=row.get("crop"))
     return result, row
 
 
