@@ -18,6 +18,7 @@ from typing import Callable
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
@@ -287,3 +288,33 @@ def set_backbone_trainable(model: keras.Model, trainable_fraction: float) -> int
         layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
         count += layer.trainable
     return count
+
+
+def build_ensemble(members: list, name: str = "ensemble") -> keras.Model:
+    """One model that answers as the mean of the members' logits (softmax of the average), for members built
+    by build_model with the same input and classes. Each member up to its feature map is a nested model
+    (member1, member2, ...); the maps are concatenated, pooled, and one Dense layer holds the members' Dense
+    weights stacked and divided by their number. GAP and Dense are linear, so this is exactly the average of
+    the members' logits, and the head is still GAP -> Dense: class-activation maps and every converter work
+    on it unchanged."""
+    if len(members) < 2:
+        raise CxrError("an ensemble needs at least two members", code=ExitCode.USAGE, reason="bad_option")
+    first = members[0]
+    inputs = keras.Input(first.input_shape[1:], name="image")
+    feature_maps, kernels, biases = [], [], []
+    for k, member in enumerate(members, start=1):
+        if member.input_shape != first.input_shape or member.output_shape != first.output_shape:
+            raise CxrError(f"ensemble member {k} takes {member.input_shape} -> {member.output_shape}, member 1 "
+                           f"{first.input_shape} -> {first.output_shape}", code=ExitCode.MODEL, reason="bad_model")
+        body = keras.Model(member.inputs, member.get_layer(FEATURES_POOL).input, name=f"member{k}")
+        feature_maps.append(body(inputs))
+        kernel, bias = member.get_layer("logits").get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    x = keras.layers.Concatenate(name="members")(feature_maps)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURES_POOL)(x)
+    dense = keras.layers.Dense(len(biases[0]), name="logits")
+    x = dense(x)
+    dense.set_weights([np.concatenate(kernels, axis=0) / len(members), np.mean(biases, axis=0)])
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -307,3 +307,51 @@ def test_fit_with_weight_averaging_ships_the_average(tmp_path):
     for i in kernels:  # kernels are the average (BatchNorm statistics are re-estimated afterwards)
         assert np.allclose(shipped.weights[i].numpy(), mean[i], atol=1e-6)
     assert not all(np.allclose(shipped.weights[i].numpy(), last.weights[i].numpy()) for i in kernels)
+
+
+@pytest.mark.slow
+def test_ensemble_answers_with_the_mean_of_its_members_logits(tmp_path):
+    import tf_keras as keras
+
+    import models.architectures  # noqa: F401
+    from converters.cam import with_cam_output
+    from converters.convert import convert
+    from train.ensemble import run_ensemble
+    from train.fit import FitConfig, run
+
+    def member(seed, split_seed):
+        return run(FitConfig(data=[MINI], out=tmp_path / f"s{seed}-{split_seed}", preset="cnn-4block",
+                             input_size=32, epochs=1, batch_size=8, val_fraction=0.25, test_fraction=0.25, seed=seed,
+                             split_seed=split_seed, verbose=0, cache_path=tmp_path / "h.json",
+                             gradcam_per_kind=1)).out
+
+    runs = [member(1, 0), member(2, 0)]
+    result = run_ensemble(runs, tmp_path / "ens", name="ens-test", verbose=0)
+    for name in ("model.keras", "model.meta.json", "metrics.json", "report.md", "predictions.csv", "splits.csv"):
+        assert (result.out / name).is_file(), name
+    assert (result.out / "splits.csv").read_bytes() == (runs[0] / "splits.csv").read_bytes()
+    assert "Ensemble of 2 runs" in (result.out / "report.md").read_text()
+    meta = ModelMetadata.from_dict(json.loads((result.out / "model.meta.json").read_text()))
+    assert meta.name == "ens-test" and meta.preprocessing.height == 32
+
+    x = np.random.default_rng(0).random((4, 32, 32, 1)).astype(np.float32)
+    members = [keras.models.load_model(str(r / "model.keras"), compile=False) for r in runs]
+    ensemble = keras.models.load_model(str(result.out / "model.keras"), compile=False)
+    logits = np.mean([np.log(m.predict(x, verbose=0).astype(np.float64)) for m in members], axis=0)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.allclose(ensemble.predict(x, verbose=0), expected, atol=1e-5)
+    # the head is still GAP -> Dense: the class-activation maps average back to the ensemble's logits
+    probs, cam = with_cam_output(ensemble).predict(x, verbose=0)
+    mean_cam = cam.mean(axis=(1, 2))
+    assert np.allclose(np.exp(mean_cam) / np.exp(mean_cam).sum(axis=1, keepdims=True), probs, atol=1e-5)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=convert(ensemble, "float32", None))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[:1])
+    interpreter.invoke()
+    assert np.allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0], expected[0],
+                       atol=1e-4)
+
+    with pytest.raises(CxrError, match="split differently"):
+        run_ensemble([runs[0], member(3, 5)], tmp_path / "bad", verbose=0)

@@ -224,6 +224,26 @@ def fit(
 
 
 @app.command()
+def ensemble(
+    runs: List[Path] = typer.Argument(..., help="Finished fit runs of one recipe and one split (--split-seed), "
+                                      "other seeds.", metavar="RUN..."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for the ensemble (model, report, plots)."),
+    name: str = typer.Option("cxr-screen", "--name", help="Model name stored in the metadata."),
+    version: str = typer.Option("0.1.0", "--model-version", help="Model version stored in the metadata."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds."),
+    quiet: bool = typer.Option(False, "--quiet", help="Less output."),
+) -> None:
+    """One model from several runs: the mean of their logits, evaluated and reported as fit does (converters
+    take its folder like any run's)."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CxrError(f"{out} already holds files; choose a new --out or replace it with --overwrite",
+                       code=ExitCode.USAGE, reason="run_exists")
+    from .ensemble import run_ensemble
+
+    run_ensemble(list(runs), out, name=name, version=version, verbose=2 if quiet or not sys.stdout.isatty() else 1)
+
+
+@app.command()
 def lungs(
     data: Path = typer.Argument(..., help="Folder with pairs.csv (image, mask, patient_id), e.g. ../shared/data/lung-masks."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for lungs.tflite and lungs.json."),

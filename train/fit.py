@@ -197,9 +197,7 @@ def run(config: FitConfig) -> FitResult:
     spec = PreprocessSpec(height=config.input_size, width=config.input_size, resize=config.resize, crop=config.crop,
                           margin=config.margin, normalize=config.normalize, lungs=_lung_segmenter(config))
     spec.validate()
-    label_of = {c: i for i, c in enumerate(classes)}
-    paths = {s: [str(samples[i].path) for i in idx] for s, idx in by_split.items()}
-    labels = {s: np.array([label_of[samples[i].label] for i in idx], np.int32) for s, idx in by_split.items()}
+    paths, labels = image_lists(samples, by_split, external, classes)
     cache_dir = config.out / "cache"
     augment = Augment.with_overrides(Augment(flip=config.flip, noise=config.noise), config.aug) if config.augment \
         else None
@@ -276,11 +274,18 @@ def run(config: FitConfig) -> FitResult:
         model.load_weights(str(ckpt / "best.weights.h5"))
     train_seconds = time.perf_counter() - start
 
-    by_split["external"] = [int(i) for i in external]
-    paths["external"] = [str(samples[i].path) for i in external]
-    labels["external"] = np.array([label_of.get(samples[i].label, -1) for i in external], np.int32)
     return finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked,
                    env, steps, weights, augment, fine_tuned, train_seconds, start)
+
+
+def image_lists(samples, by_split: dict, external, classes) -> tuple[dict, dict]:
+    """(paths, labels) per split; adds `by_split["external"]`, the held-out sources' images (label -1 for a
+    class the model does not have)."""
+    by_split["external"] = [int(i) for i in external]
+    label_of = {c: i for i, c in enumerate(classes)}
+    paths = {s: [str(samples[i].path) for i in idx] for s, idx in by_split.items()}
+    labels = {s: np.array([label_of.get(samples[i].label, -1) for i in idx], np.int32) for s, idx in by_split.items()}
+    return paths, labels
 
 
 def _lung_segmenter(config: FitConfig) -> str:

@@ -67,6 +67,7 @@ class FitConfig:
     cache_path: Path | None = None  # audit hash cache; default: default_cache_path()
     workers: int | None = None
     verbose: int = 1  # Keras: 1 progress bar, 2 one line per epoch, 0 silent
+    members: tuple = ()  # cxr-train ensemble: the member runs (train/ensemble.py); () for a trained model
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on clean training images (train/batchnorm.py)
 
 

@@ -90,7 +90,8 @@ def finish(config, model, samples, audit_report, by_split, paths, labels, spec, 
     history = _read_history(out / "history.csv")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
-    rep.plot_history(history, plots / "training-curves.png")
+    if history:
+        rep.plot_history(history, plots / "training-curves.png")
     for s in evaluation:
         rep.plot_confusion(evaluation[s]["classes"]["confusion"], classes, plots / f"confusion-{s}.png",
                            f"{s} (n={evaluation[s]['n']})")
@@ -245,7 +246,11 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
                          f"{p['b']['path']} | {p['a']['label']} / {p['b']['label']} |")
         lines.append("")
     t = metrics["training"]
-    lines += ["## Training", "",
+    members = t["config"].get("members")
+    lines += ["## Training", ""] + ([
+              f"Ensemble of {len(members)} runs of one recipe and one split, answering with the mean of their "
+              f"logits: {', '.join(members)} (their reports say how each was trained). Their training took "
+              f"{t['train_seconds']:.0f} s together.", ""] if members else [
               f"Preset {t['config']['preset']}, input {t['config']['input_size']}x{t['config']['input_size']}, "
               f"{t['epochs_run']} epochs of {t['steps_per_epoch']} steps, batch {t['config']['batch_size']}, "
               f"{t['config']['optimizer']} lr {t['config']['learning_rate']} ({t['config']['schedule']}), "
@@ -254,7 +259,7 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
                  f"every {t['config']['average_every']} steps (no early stopping). " if t['config'].get('average_from')
                  else "Shipped weights: the best validation epoch. ") +
               f"Environment: {t['environment']}. Training took {t['train_seconds']:.0f} s, the whole run "
-              f"{t['wall_seconds']:.0f} s.", "",
+              f"{t['wall_seconds']:.0f} s.", ""]) + [
               "Plots: " + ", ".join(f"plots/{p}" for p in metrics["plots"]) + ". Grad-CAM: gradcam/ "
               "(a few correct and a few wrong validation images).", ""]
     return "\n".join(lines)
