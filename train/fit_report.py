@@ -248,7 +248,7 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
     t = metrics["training"]
     members = t["config"].get("members")
     lines += ["## Training", ""] + ([
-              f"Ensemble of {len(members)} runs of one recipe and one split, answering with the mean of their "
+              f"Ensemble of {len(members)} runs on one data set and one split, answering with the mean of their "
               f"logits: {', '.join(members)} (their reports say how each was trained). Their training took "
               f"{t['train_seconds']:.0f} s together.", ""] if members else [
               f"Preset {t['config']['preset']}, input {t['config']['input_size']}x{t['config']['input_size']}, "
