@@ -225,11 +225,11 @@ def fit(
 
 @app.command()
 def ensemble(
-    runs: List[Path] = typer.Argument(..., help="Finished fit runs of one recipe and one split (--split-seed), "
-                                      "other seeds.", metavar="RUN..."),
+    runs: List[Path] = typer.Argument(..., help="Finished fit runs on one data set and one split (fit "
+                                      "--split-seed), e.g. other seeds.", metavar="RUN..."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder for the ensemble (model, report, plots)."),
-    name: str = typer.Option("cxr-screen", "--name", help="Model name stored in the metadata."),
-    version: str = typer.Option("0.1.0", "--model-version", help="Model version stored in the metadata."),
+    name: str = typer.Option("cxr-screen", "--name", help="Name in the metadata."),
+    version: str = typer.Option("0.1.0", "--model-version", help="Version in the metadata."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds."),
     quiet: bool = typer.Option(False, "--quiet", help="Less output."),
 ) -> None:
