@@ -162,8 +162,9 @@ def fit(
                                      "(0 = off)."),
     average_every: int = typer.Option(10, "--average-every", min=1, help="Steps between snapshots of the average."),
     balance: str = typer.Option("weights", "--balance", help="weights (class weights), source (every class, and "
-                                "every source inside a class, weighs the same), sampling (balanced "
-                                                             "batches) or none."),
+                                "every source inside a class, weighs the same), age (as source, inside "
+                                "equal halves of normal and abnormal films for children and for adults), "
+                                "sampling (balanced batches) or none."),
     val_fraction: float = typer.Option(0.15, "--val-fraction"),
     test_fraction: float = typer.Option(0.15, "--test-fraction"),
     resplit: bool = typer.Option(False, "--resplit", help="Ignore the datasets' own val/test splits; regroup all."),

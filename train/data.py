@@ -24,7 +24,7 @@ from edge.decode import load_image  # noqa: E402
 from edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
 
 AUTOTUNE = tf.data.AUTOTUNE
-MIN_CELL = 50  # source_class_weights: a source with fewer images of a class weighs as if it had this many
+MIN_CELL = 50  # nested_weights: a source with fewer images of a class weighs as if it had this many
 
 
 @dataclass(frozen=True)
@@ -208,17 +208,37 @@ def source_class_weights(labels, sources) -> np.ndarray:
     """One weight per image: every class carries the same total weight, and inside a class every source
     the same share, so that neither a big source nor a single-class source (TBX11K: only tuberculosis)
     dominates what a class looks like. Mean weight 1."""
-    labels, sources = np.asarray(labels), np.asarray(sources)
-    weights = np.zeros(len(labels), np.float64)
-    classes = np.unique(labels)
-    for c in classes:
-        in_class = labels == c
-        cells = np.unique(sources[in_class])
-        for src in cells:
-            cell = in_class & (sources == src)
-            # a tiny cell (fullres: 2 images) is not blown up into a class's full share
-            weights[cell] = 1.0 / (len(classes) * len(cells) * max(int(cell.sum()), MIN_CELL))
-    return (weights * len(labels) / weights.sum()).astype(np.float32)
+    return nested_weights([labels, sources])
+
+
+def age_source_class_weights(labels, sources, age_groups, normal: int) -> np.ndarray:
+    """`source_class_weights` one level down: every age group carries the same total weight, inside it
+    normal and abnormal films the same share, inside those every class, and inside a class every source.
+    Where most adult films are abnormal (TBX11K and the COVID-19 sets have no normals), class balance
+    alone still tells the model "adult, so abnormal"; this makes P(abnormal | age group) one half."""
+    abnormal = np.asarray(labels) != normal
+    return nested_weights([age_groups, abnormal, labels, sources])
+
+
+def nested_weights(levels) -> np.ndarray:
+    """One weight per image from nested groupings (outermost first): at every level the groups present
+    inside their parent share its weight equally, and the images of a leaf share the leaf's weight.
+    A leaf with fewer than MIN_CELL images (fullres: 2) weighs as if it had MIN_CELL, so it is not blown up
+    into a whole group's share. Mean weight 1."""
+    keys = [np.asarray(level).astype(str) for level in levels]
+    n = len(keys[0])
+    weights = np.zeros(n, np.float64)
+
+    def share(mask: np.ndarray, depth: int, amount: float) -> None:
+        if depth == len(keys):
+            weights[mask] = amount / max(int(mask.sum()), MIN_CELL)
+            return
+        groups = np.unique(keys[depth][mask])
+        for g in groups:
+            share(mask & (keys[depth] == g), depth + 1, amount / len(groups))
+
+    share(np.ones(n, bool), 0, 1.0)
+    return (weights * n / weights.sum()).astype(np.float32)
 
 
 def class_weights(labels, n_classes: int) -> dict[int, float]:

@@ -191,7 +191,7 @@ def run(config: FitConfig) -> FitResult:
 
     from models.architectures import backbone_of, build_model, get_preset, set_backbone_trainable
 
-    from .data import Augment, class_weights, eval_dataset, source_class_weights, train_dataset
+    from .data import Augment, class_weights, eval_dataset, train_dataset
 
     strategy, env = _setup_tf(config)
     spec = PreprocessSpec(height=config.input_size, width=config.input_size, resize=config.resize, crop=config.crop,
@@ -201,8 +201,7 @@ def run(config: FitConfig) -> FitResult:
     cache_dir = config.out / "cache"
     augment = Augment.with_overrides(Augment(flip=config.flip, noise=config.noise), config.aug) if config.augment \
         else None
-    per_image = (source_class_weights(labels["train"], [samples[i].dataset for i in by_split["train"]])
-                 if config.balance == "source" else None)
+    per_image = _per_image_weights(config.balance, [samples[i] for i in by_split["train"]], labels["train"], classes)
     train_ds, steps = train_dataset(paths["train"], labels["train"], spec, batch_size=config.batch_size,
                                     seed=config.seed, augment=augment, balanced=config.balance == "sampling",
                                     n_classes=len(classes), cache_dir=cache_dir, sample_weights=per_image)
@@ -276,6 +275,21 @@ def run(config: FitConfig) -> FitResult:
 
     return finish(config, model, samples, audit_report, by_split, paths, labels, spec, counts, dropped, leaked,
                    env, steps, weights, augment, fine_tuned, train_seconds, start)
+
+
+def _per_image_weights(balance: str, train_samples, train_labels, classes) -> np.ndarray | None:
+    """--balance source / age: one loss weight per training image (train.data)."""
+    from edge.groups import age_group
+
+    from .data import age_source_class_weights, source_class_weights
+
+    sources = [s.dataset for s in train_samples]
+    if balance == "source":
+        return source_class_weights(train_labels, sources)
+    if balance == "age":
+        return age_source_class_weights(train_labels, sources, [age_group(s) for s in train_samples],
+                                        list(classes).index(NORMAL_CLASS))
+    return None
 
 
 def image_lists(samples, by_split: dict, external, classes) -> tuple[dict, dict]:

@@ -37,7 +37,7 @@ class FitConfig:
     patience: int = 5
     average_from: int = 0  # 0: ship the best validation epoch; k: ship the weights averaged from epoch k on
     average_every: int = 10  # training steps between two snapshots of the average (train/averaging.py)
-    balance: str = "weights"  # weights (class) | source (class and source, per image) | sampling | none
+    balance: str = "weights"  # weights (class) | source (class and source) | age (age, abnormal, class, source) | sampling | none
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     use_dataset_splits: bool = True
@@ -79,8 +79,8 @@ def check_config(c: FitConfig) -> None:
         problems.append(f"--optimizer {c.optimizer} (adam or sgd)")
     if c.schedule not in ("plateau", "cosine", "constant"):
         problems.append(f"--schedule {c.schedule} (plateau, cosine or constant)")
-    if c.balance not in ("weights", "source", "sampling", "none"):
-        problems.append(f"--balance {c.balance} (weights, source, sampling or none)")
+    if c.balance not in ("weights", "source", "age", "sampling", "none"):
+        problems.append(f"--balance {c.balance} (weights, source, age, sampling or none)")
     if not 0 < c.val_fraction < 1 or not 0 <= c.test_fraction < 1 or c.val_fraction + c.test_fraction >= 0.9:
         problems.append("--val-fraction/--test-fraction must be in (0, 1) and leave room for training")
     if not 0 < c.target_sensitivity <= 1:
