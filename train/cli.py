@@ -200,10 +200,8 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", help="One line per epoch instead of progress bars."),
 ) -> None:
     """Audit, split by near-duplicate groups, train, choose the threshold on validation, write the report."""
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):  # never silently replace a run
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
-        raise CxrError(f"{out} already holds files ({held}...); choose a new --out, continue that run with "
-                       "--resume, or replace it with --overwrite", code=ExitCode.USAGE, reason="run_exists")
+    if not resume:
+        _refuse_existing_run(out, overwrite, "continue that run with --resume, ")
     from .fit import FitConfig, run
 
     config = FitConfig(
@@ -224,6 +222,14 @@ def fit(
     run(config)
 
 
+def _refuse_existing_run(out: Path, overwrite: bool, also: str = "") -> None:
+    """Never silently replace a run: an --out that holds files needs --overwrite (or fit's --resume)."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise CxrError(f"{out} already holds files ({held}...); choose a new --out, {also}or replace it with "
+                       "--overwrite", code=ExitCode.USAGE, reason="run_exists")
+
+
 @app.command()
 def ensemble(
     runs: List[Path] = typer.Argument(..., help="Finished fit runs on one data set and one split (fit "
@@ -236,9 +242,7 @@ def ensemble(
 ) -> None:
     """One model from several runs: the mean of their logits, evaluated and reported as fit does (converters
     take its folder like any run's)."""
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CxrError(f"{out} already holds files; choose a new --out or replace it with --overwrite",
-                       code=ExitCode.USAGE, reason="run_exists")
+    _refuse_existing_run(out, overwrite)
     from .ensemble import run_ensemble
 
     run_ensemble(list(runs), out, name=name, version=version, verbose=2 if quiet or not sys.stdout.isatty() else 1)

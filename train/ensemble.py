@@ -1,6 +1,7 @@
-"""`cxr-train ensemble RUN RUN ... --out RUN`: several fit runs of one recipe (other seeds, one split) as one
-model whose answer is the mean of their logits (models.architectures.build_ensemble), evaluated, thresholded
-and reported exactly as `fit` does, into a run folder the converters take like any other.
+"""`cxr-train ensemble RUN RUN ... --out RUN`: several fit runs on one split (other seeds, or other training
+options such as --mixstyle) as one model whose answer is the mean of their logits
+(models.architectures.build_ensemble), evaluated, thresholded and reported exactly as `fit` does, into a run
+folder the converters take like any other.
 
 Why: the same recipe run with another seed moves the never-seen NIH AUC by more than its sampling interval
 (models/MODEL_CARD.md); an average of several runs depends less on one run's luck, and deep ensembles are
@@ -28,53 +29,57 @@ from edge.metadata import ModelMetadata  # noqa: E402
 
 from .fit_config import FitConfig, FitResult, say  # noqa: E402
 
-# a member's options that must agree (seed, out and the output verbosity may differ)
+# a member's options that must agree; training options (seed, epochs, --mixstyle, --balance, ...) may differ
 MUST_AGREE = ("data", "preset", "input_size", "resize", "crop", "margin", "normalize", "hold_out", "classes",
               "aliases", "dedup", "max_distance", "val_fraction", "test_fraction", "use_dataset_splits",
               "resplit_val", "seen_images")
 
 
 def _member(run: Path) -> tuple[dict, ModelMetadata]:
+    """(the run's training record from metrics.json, its model metadata)."""
     run = Path(run)
     for name in ("model.keras", "model.meta.json", "metrics.json", "splits.csv"):
         if not (run / name).is_file():
             raise CxrError(f"{run}: not a finished cxr-train fit run ({name} missing)", code=ExitCode.USAGE,
                            reason="bad_option")
-    config = json.loads((run / "metrics.json").read_text())["training"]["config"]
-    if config.get("members"):
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    if training["config"].get("members"):
         raise CxrError(f"{run} is an ensemble itself; give its member runs", code=ExitCode.USAGE,
                        reason="bad_option")
-    return config, ModelMetadata.from_dict(json.loads((run / "model.meta.json").read_text()))
+    return training, ModelMetadata.from_dict(json.loads((run / "model.meta.json").read_text()))
 
 
-def check_members(runs: list[Path]) -> dict:
-    """The first member's fit options, after checking that every member agrees with it."""
+def check_members(runs: list[Path]) -> list[dict]:
+    """Every member's training record (fit options under "config"), after checking that each agrees with the
+    first on what must agree."""
     if len(runs) < 2:
         raise CxrError("an ensemble needs at least two runs", code=ExitCode.USAGE, reason="bad_option")
-    first, first_meta = _member(runs[0])
+    records, metas = zip(*(_member(run) for run in runs))
+    first = records[0]["config"]
     splits = (Path(runs[0]) / "splits.csv").read_bytes()
-    for run in runs[1:]:
-        config, meta = _member(run)
-        differ = [k for k in MUST_AGREE if config.get(k) != first.get(k)]
-        if meta.preprocessing.to_dict() != first_meta.preprocessing.to_dict():
+    for run, record, meta in zip(runs[1:], records[1:], metas[1:]):
+        differ = [k for k in MUST_AGREE if record["config"].get(k) != first.get(k)]
+        if meta.preprocessing.to_dict() != metas[0].preprocessing.to_dict():
             differ.append("preprocessing")
         if differ:
-            raise CxrError(f"{run} differs from {runs[0]} in {', '.join(differ)}: ensemble runs of one recipe",
-                           code=ExitCode.USAGE, reason="bad_option")
+            raise CxrError(f"{run} differs from {runs[0]} in {', '.join(differ)}: an ensemble's runs must share "
+                           "the data, held-out sources, preprocessing, classes and split", code=ExitCode.USAGE,
+                           reason="bad_option")
         if (Path(run) / "splits.csv").read_bytes() != splits:
             raise CxrError(f"{run} was split differently from {runs[0]} (train them with the same --split-seed): "
                            "one member's test images would be another's training images", code=ExitCode.USAGE,
                            reason="bad_option")
-    return first
+    return list(records)
 
 
 def run_ensemble(runs: list[Path], out: Path, *, name: str = "cxr-screen", version: str = "0.1.0",
                  verbose: int = 1) -> FitResult:
     start = time.perf_counter()
     runs = [Path(r) for r in runs]
-    options = check_members(runs)
-    seeds = [json.loads((r / "metrics.json").read_text())["training"]["config"]["seed"] for r in runs]
-    member_seconds = [json.loads((r / "metrics.json").read_text())["training"]["train_seconds"] for r in runs]
+    records = check_members(runs)
+    options = records[0]["config"]
+    seeds = [r["config"]["seed"] for r in records]
+    member_seconds = [r["train_seconds"] for r in records]
     config = FitConfig(**{**options, "out": Path(out), "name": name, "version": version, "verbose": verbose,
                           "lungs": Path(runs[0]) / "lungs.tflite" if options["crop"] == "lungs" else None,
                           "data": [Path(d) for d in options["data"]], "classes": tuple(options["classes"]),
@@ -89,14 +94,11 @@ def run_ensemble(runs: list[Path], out: Path, *, name: str = "cxr-screen", versi
     import models.architectures  # noqa: F401  (registers custom layers)
     from models.architectures import build_ensemble
 
-    from .fit import _check_splits, _lung_segmenter, _setup_tf, image_lists, prepare_data
-    from .fit_report import finish, write_json
+    from .fit import _lung_segmenter, _setup_tf, audited_splits, image_lists, prepare_data
+    from .fit_report import finish
 
     samples, audit, indices, dropped, splits, leaked, counts, external = prepare_data(config)
-    audit_report = {**audit.report, "dropped": dropped}
-    write_json(config.out / "audit.json", audit_report)
-    by_split = {s: [i for i in indices if splits[i] == s] for s in ("train", "val", "test")}
-    _check_splits(by_split, samples, list(config.classes))
+    audit_report, by_split = audited_splits(config, samples, audit, indices, dropped, splits)
     shutil.copy(runs[0] / "splits.csv", config.out / "splits.csv")
     paths, labels = image_lists(samples, by_split, external, config.classes)
     check = {(p, s) for s, ps in paths.items() if s != "external" for p in ps}

@@ -169,16 +169,13 @@ def run(config: FitConfig) -> FitResult:
         for stale in ("history.csv", "checkpoints/state.json", "checkpoints/last.keras", "checkpoints/best.weights.h5"):
             (config.out / stale).unlink(missing_ok=True)
     samples, audit, indices, dropped, splits, leaked, counts, external = prepare_data(config)
-    audit_report = {**audit.report, "dropped": dropped}
-    write_json(config.out / "audit.json", audit_report)
+    audit_report, by_split = audited_splits(config, samples, audit, indices, dropped, splits)
     if leaked:
         write_json(config.out / "leakage.json", leaked)
         if not config.allow_leakage:
             raise _leakage_error(config.out, leaked)
         say(config, f"WARNING: {leak_summary(leaked)} cross the split (--allow-leakage given)")
     classes = list(config.classes)
-    by_split = {s: [i for i in indices if splits[i] == s] for s in ("train", "val", "test")}
-    _check_splits(by_split, samples, classes)
     small_val = small_validation_warning(counts)
     if small_val:
         audit_report["warnings"].append(small_val)
@@ -290,6 +287,16 @@ def _per_image_weights(balance: str, train_samples, train_labels, classes) -> np
         return age_source_class_weights(train_labels, sources, [age_group(s) for s in train_samples],
                                         list(classes).index(NORMAL_CLASS))
     return None
+
+
+def audited_splits(config: FitConfig, samples, audit, indices, dropped, splits) -> tuple[dict, dict]:
+    """(audit report, {split: sample indices}): writes audit.json into the run and checks that every split
+    holds the classes it needs."""
+    audit_report = {**audit.report, "dropped": dropped}
+    write_json(config.out / "audit.json", audit_report)
+    by_split = {s: [i for i in indices if splits[i] == s] for s in ("train", "val", "test")}
+    _check_splits(by_split, samples, list(config.classes))
+    return audit_report, by_split
 
 
 def image_lists(samples, by_split: dict, external, classes) -> tuple[dict, dict]:
