@@ -23,7 +23,7 @@ from .output import batch_summary, print_calibration, print_evaluation, print_re
 from .review.log import ReviewLog
 from .runtime import TFLiteModel
 from .review.images import review_images
-from .review.screen_log import earlier_result, json_record, marked, record_result
+from .review.screen_log import earlier_result, json_record, marked, read_for_screening, record_result
 from .screening import screen_file
 from .station import commands as station_commands
 from .station.commands import ForwardOption
@@ -110,14 +110,15 @@ def _screen_one(path: Path, tflite: TFLiteModel, cutoff: float, source: str, any
     """(result, exam id or None, the earlier exam row when this image was already screened with this model)."""
     if review_log is None:  # --no-log: neither read nor write the log, keep no image
         return screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view), None, None
-    earlier = earlier_result(review_log, path, tflite)
+    data, sha256 = read_for_screening(path)
+    earlier = earlier_result(review_log, path, sha256, tflite)
     if earlier is not None:
         result, row = earlier
         sys.stderr.write(f"cxr-edge: {shown(path)}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
                          "with this model; showing that result, not logging it again\n")
         return result, row["id"], row
     result = screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view,
-                         on_screened=review_images)
+                         on_screened=review_images, data=data)
     return result, record_result(review_log, result, "screen"), None
 
 

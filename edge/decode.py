@@ -62,10 +62,11 @@ def _looks_like_raw_dicom(head: bytes) -> bool:
     return len(head) >= 8 and head[0:2] in (b"\x02\x00", b"\x08\x00") and head[1] == 0
 
 
-def load_image(path: str | Path, *, allow_any_view: bool = False) -> DecodedImage:
-    """Read one file; raise CxrError (one line, with the file and the reason) when it cannot be used."""
+def load_image(path: str | Path, *, allow_any_view: bool = False, data: bytes | None = None) -> DecodedImage:
+    """Read one file; raise CxrError (one line, with the file and the reason) when it cannot be used.
+    `data`: the file's bytes when the caller has read them already (screen hashes them to look up the log)."""
     path = Path(path)
-    data = read_regular_file(path)
+    data = read_regular_file(path) if data is None else data
     digest = hashlib.sha256(data).hexdigest()
     try:
         image = _decode(path, data, allow_any_view)

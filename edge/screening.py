@@ -79,13 +79,15 @@ class ScreenResult:
 
 
 def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, threshold_source: str = "",
-                allow_any_view: bool = False, on_screened: Callable | None = None) -> ScreenResult:
+                allow_any_view: bool = False, on_screened: Callable | None = None,
+                data: bytes | None = None) -> ScreenResult:
     """on_screened(decoded image, model input, prediction, decision, metadata, crop), called for a screened
     image (crop: preprocess_info's {"crop", "box"}, so a heatmap is placed without cropping the film again);
     what it returns is kept as `review_images` (edge.review.images.review_images: the film and heatmap).
+    `data`: the file's bytes, when the caller has read them already (then the file is not read again).
     Never raises for a problem with this one file: a bug on an odd file becomes `internal_error`."""
     try:
-        return _screen(Path(path), model, threshold, threshold_source, allow_any_view, on_screened)
+        return _screen(Path(path), model, threshold, threshold_source, allow_any_view, on_screened, data)
     except CxrError as exc:
         if exc.code != ExitCode.INPUT_NOT_SCREENED:  # the model or the station itself: not this file's fault
             raise
@@ -100,8 +102,8 @@ def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, thres
 
 
 def _screen(path: Path, model: TFLiteModel, threshold: float, threshold_source: str,
-            allow_any_view: bool, on_screened: Callable | None) -> ScreenResult:
-    image = load_image(path, allow_any_view=allow_any_view)
+            allow_any_view: bool, on_screened: Callable | None, data: bytes | None) -> ScreenResult:
+    image = load_image(path, allow_any_view=allow_any_view, data=data)
     name = shown(path)
     gate = gate_for(model)
     checked = gate.check(image.pixels, name, allow_any_view=allow_any_view) if gate else None

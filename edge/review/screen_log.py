@@ -15,26 +15,26 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..decision import Decision
+from ..decode_header import read_regular_file
+from ..errors import CxrError
 from ..names import shown
 from .log import ReviewLog
 from ..screening import ScreenResult
 
 
-def file_sha256(path: Path) -> str | None:
-    """The sha256 of a file's bytes, or None if it cannot be read (screen_file then says why)."""
-    digest = hashlib.sha256()
+def read_for_screening(path: Path) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, their sha256), read once for both the log lookup and the screening; (None, None)
+    when it cannot be read (screen_file then reads it itself and says why, in one line)."""
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
+        data = read_regular_file(path)
+    except CxrError:
+        return None, None
+    return data, hashlib.sha256(data).hexdigest()
 
 
-def earlier_result(log: ReviewLog, path: Path, model) -> tuple[ScreenResult, dict] | None:
-    """(the earlier result as a ScreenResult, its exam row) when this image was screened with this model."""
-    sha256 = file_sha256(path) if path.is_file() else None
+def earlier_result(log: ReviewLog, path: Path, sha256: str | None, model) -> tuple[ScreenResult, dict] | None:
+    """(the earlier result as a ScreenResult, its exam row) when the image with this sha256 was screened with
+    this model."""
     if sha256 is None:
         return None
     rows = log.query("sha256 = ? AND model_sha256 = ? AND status = 'screened'", (sha256, model.sha256))
