@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -182,6 +183,7 @@ def test_screen_stores_film_and_heatmap_and_knows_an_image_it_has_seen(big_png, 
     log = tmp_path / "log.sqlite"
     first = json.loads(cli("screen", str(path), "--json", "--log", str(log)).stdout)
     assert first["already_screened"] is False and first["exam_id"] == 1
+    assert first["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # the bytes read once, for both
     images = stored_images(log, 1)
     film = images["film"]
     assert film.ndim == 2 and film.shape == (832, 1024)  # grey, long side 1024, aspect kept
@@ -220,6 +222,9 @@ def test_screen_stores_film_and_heatmap_and_knows_an_image_it_has_seen(big_png, 
     limitation = read_model_file(default_model_path())[1].training_data["known_limitations"][0]
     assert html.escape(limitation[:60]) in page  # the model's known limitations
     assert "cxr-default" in page and "model metadata" in page
+    # what the model read: the gate's verdict and the lung crop, for the doctor
+    assert f"input gate: {html.escape(first['gate']['verdict'])}" in page
+    assert page.count("the model read the lung fields") + page.count("lung fields were not found") == 2
 
 
 def test_dicom_film_is_pixels_only_no_tag_burnt_in(tmp_path):

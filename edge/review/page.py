@@ -70,6 +70,26 @@ def _verdicts_html(exam: dict) -> str:
             f"{len(exam['verdicts'])} in all):<ul>{rows}</ul></div>")
 
 
+CROP_WORDS = {"lungs": "the lung fields", "borders": "the film without its uniform borders",
+              "none": "the whole film", "lungs_not_found": "the film without its borders: the lung fields were "
+              "not found, so check the heatmap"}
+
+
+def input_html(exam: dict) -> str:
+    """What the model read: the input gate's verdict (and what it corrected) and the crop. Empty for exams
+    logged before these were kept."""
+    parts = []
+    gate = exam.get("gate") or {}
+    if gate.get("verdict"):
+        corrected = f" ({', '.join(map(str, gate['corrected']))})" if gate.get("corrected") else ""
+        score = f", P(frontal chest film) {gate['score']:.2f}" if isinstance(gate.get("score"), (int, float)) else ""
+        parts.append(f"input gate: {_e(gate['verdict'])}{_e(corrected)}{_e(score)}")
+    crop = exam.get("crop") or {}
+    if crop.get("crop"):
+        parts.append(f"the model read {_e(CROP_WORDS.get(crop['crop'], crop['crop']))}")
+    return f'<p class="meta input">{" &middot; ".join(parts)}</p>' if parts else ""
+
+
 def exam_html(exam: dict, images: dict | None, meta: dict | None) -> str:
     i, m = exam["id"], exam["model"]
     kind = "normal" if exam["decision"] == "normal" else "refer"
@@ -83,6 +103,7 @@ def exam_html(exam: dict, images: dict | None, meta: dict | None) -> str:
 <p class="file">Exam {i}</p>
 <p class="decision">{_e(exam['decision'])}: abnormality {exam['abnormality']:.3f}</p>
 <p>threshold {exam['threshold']:.3f} ({_e(exam['threshold_source'])}) &middot; top class {_e(exam['top_class'])}</p>
+{input_html(exam)}
 <p class="aid">{_e(exam['notice'] or NOTICE)}</p>
 {probabilities_html(exam['probabilities'])}
 <p class="meta">model {_e(m['name'])} {_e(m['version'])}, sha256 <code>{_e(m['sha256'])}</code></p>
