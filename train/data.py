@@ -163,8 +163,9 @@ def _base(paths: list[str], labels: list[int], spec: PreprocessSpec, cache: Path
     ds = ds.map(_decode(spec), num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        # keyed by the files and the spec: a changed split or input size never reads a stale cache
-        key = hashlib.sha256(json.dumps([spec.to_dict(), paths]).encode()).hexdigest()[:12]
+        # keyed by the files, their labels and the spec: a changed split, class mapping (--alias, --classes
+        # into a reused --out) or input size never reads a stale cache
+        key = hashlib.sha256(json.dumps([spec.to_dict(), paths, [int(x) for x in labels]]).encode()).hexdigest()[:12]
         for stale in cache.parent.glob(f"{cache.name}-{key}*.lockfile"):
             stale.unlink()  # left by an interrupted run; one run owns its run folder
         ds = ds.cache(f"{cache}-{key}")  # preprocessed tensors on disk: later epochs skip decoding
