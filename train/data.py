@@ -88,10 +88,10 @@ def _loader(spec: PreprocessSpec):
 def _decode(spec: PreprocessSpec):
     load = _loader(spec)
 
-    def fn(path, label):
+    def fn(path):
         image = tf.numpy_function(load, [path], tf.float32, stateful=False)
         image.set_shape((spec.height, spec.width, 1))
-        return image, label
+        return image
     return fn
 
 
@@ -159,17 +159,18 @@ def _augmenter(aug: Augment, spec: PreprocessSpec):
 
 
 def _base(paths: list[str], labels: list[int], spec: PreprocessSpec, cache: Path | None):
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    ds = ds.map(_decode(spec), num_parallel_calls=AUTOTUNE, deterministic=True)
+    images = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
+    images = images.map(_decode(spec), num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        # keyed by the files, their labels and the spec: a changed split, class mapping (--alias, --classes
-        # into a reused --out) or input size never reads a stale cache
-        key = hashlib.sha256(json.dumps([spec.to_dict(), paths, [int(x) for x in labels]]).encode()).hexdigest()[:12]
+        # Only the images are cached, keyed by the files and the spec: a changed split or input size never
+        # reads a stale cache, and labels (another --alias or --classes into a reused --out) are attached
+        # afresh after it, so the same images serve every labelling and are decoded once.
+        key = hashlib.sha256(json.dumps(["images", spec.to_dict(), paths]).encode()).hexdigest()[:12]
         for stale in cache.parent.glob(f"{cache.name}-{key}*.lockfile"):
             stale.unlink()  # left by an interrupted run; one run owns its run folder
-        ds = ds.cache(f"{cache}-{key}")  # preprocessed tensors on disk: later epochs skip decoding
-    return ds
+        images = images.cache(f"{cache}-{key}")  # preprocessed tensors on disk: later epochs skip decoding
+    return tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(tf.constant(labels, tf.int32))))
 
 
 def eval_dataset(paths, labels, spec: PreprocessSpec, *, batch_size: int = 32, cache: Path | None = None):
