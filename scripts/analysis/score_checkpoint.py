@@ -1,6 +1,6 @@
 """Score a run's model with other weights (e.g. checkpoints/best.weights.h5) on its test and external images,
 BatchNorm re-estimated on the same seen subset as fit does. Prints screening AUC by source.
-usage: python score_weights.py RUN [WEIGHTS ...]   (no WEIGHTS: the shipped model.keras as is, recalibrated again)"""
+usage: python scripts/analysis/score_checkpoint.py RUN [WEIGHTS ...]   (no WEIGHTS: the shipped model.keras as is, recalibrated again)"""
 import csv, json, os, sys
 from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1"); os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
