@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from edge.cli import load_model  # noqa: E402
 from edge.datasets import discover_many  # noqa: E402
-from edge.evaluation import MIN_PER_GROUP, calibrate, score_samples  # noqa: E402
+from edge.evaluation import MIN_PER_GROUP, ScoredSet, calibrate, score_samples  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("folder", type=Path)
@@ -38,14 +38,6 @@ y, score = scored.is_abnormal, scored.abnormality(model)
 patients = np.array([s.patient or str(s.path) for s in scored.samples])
 
 
-class Scored:  # the part of edge.evaluation.ScoredSet that calibrate reads
-    def __init__(self, idx):
-        self.is_abnormal, self._score = y[idx], score[idx]
-
-    def abnormality(self, _model):
-        return self._score
-
-
 rng = np.random.default_rng(0)
 out = {"folder": str(args.folder), "model": model.identity, "target_sensitivity": args.sensitivity,
        "n": int(len(y)), "n_abnormal": int(y.sum()), "n_normal": int((~y).sum()), "draws": args.draws,
@@ -55,7 +47,9 @@ for k in map(int, args.sizes.split(",")):
     for _ in range(args.draws):
         chosen = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False) for c in (True, False)])
         held = ~np.isin(patients, patients[chosen])  # later films: other patients only
-        record = calibrate(model, Scored(chosen), args.sensitivity)
+        record = calibrate(model, ScoredSet(labels=[scored.labels[i] for i in chosen],
+                                            probabilities=[scored.probabilities[i] for i in chosen]),
+                           args.sensitivity)
         t = record["threshold"]
         later_y, later_s = y[held], score[held]
         sens.append(float((later_s[later_y] >= t).mean()))
