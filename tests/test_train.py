@@ -67,6 +67,7 @@ def test_metrics_are_consistent_with_predictions(tiny_run):
     assert metrics["notice"] == "screening aid, not a diagnosis" and len(metrics["model"]["sha256"]) == 64
     report = (tiny_run.out / "report.md").read_text()
     assert "Threshold table" in report and "specificity" in report and metrics["model"]["sha256"] in report
+    assert "Started from random weights." in report  # the tiny run has no --weights
 
 
 @pytest.mark.slow

@@ -255,6 +255,8 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
               f"{t['epochs_run']} epochs of {t['steps_per_epoch']} steps, batch {t['config']['batch_size']}, "
               f"{t['config']['optimizer']} lr {t['config']['learning_rate']} ({t['config']['schedule']}), "
               f"monitor {t['config']['monitor']}, balance {t['config']['balance']}, seed {t['config']['seed']}. "
+              + (f"Started from the weights in {t['config']['weights']}. "
+                 if str(t['config'].get('weights') or 'none').lower() != 'none' else "Started from random weights. ")
               + (f"Shipped weights: the average from epoch {t['config']['average_from']} to the end, a snapshot "
                  f"every {t['config']['average_every']} steps (no early stopping). " if t['config'].get('average_from')
                  else "Shipped weights: the best validation epoch. ") +
