@@ -8,7 +8,8 @@ unseen), with that run's preprocessing, and writes OUT/ssl.weights.h5: the whole
 
 At the end a linear probe (softmax on the frozen pooled features, source and class balanced as fit does) is
 trained on the same split and scored on the base run's internal test and never-seen films: what the
-pretrained features alone carry, before any fine-tuning. Epochs 0 only probes OUT/ssl.weights.h5 again.
+pretrained features alone carry, before any fine-tuning. Epochs 0 only probes OUT/ssl.weights.h5 again
+(or, where OUT has none, a random init: the probe's control).
 
 usage: python scripts/analysis/ssl_pretrain.py BASE_RUN OUT [epochs]   (run from the repository root, as the
 run's splits.csv paths are relative to where it was trained; SMOKE=1 for a few images)"""
@@ -84,7 +85,10 @@ def step(a, b):
 
 history = []
 if not epochs:
-    model.load_weights(str(out / "ssl.weights.h5"))
+    if (out / "ssl.weights.h5").exists():
+        model.load_weights(str(out / "ssl.weights.h5"))
+    else:
+        print("no OUT/ssl.weights.h5: probing a random init (the control)", flush=True)
 for epoch in range(epochs):
     t1, losses, accs = time.time(), [], []
     for a, b in ds.take(steps):
@@ -124,5 +128,6 @@ for name, keep in [("internal test", lambda r: r["split"] == "test"),
     y = np.array([r["true"] != "normal" for r in scored])[m]
     result[name] = round(float(roc_auc(y, abnormal[m])), 3) if 0 < y.sum() < len(y) else None
 print(json.dumps({"linear_probe_auc": result}), flush=True)
-(out / "probe.json").write_text(json.dumps({"base_run": str(BASE), "weights": str(out / "ssl.weights.h5"),
+weights = out / "ssl.weights.h5"
+(out / "probe.json").write_text(json.dumps({"base_run": str(BASE), "weights": str(weights) if weights.exists() else None,
                                             "linear_probe_auc": result}, indent=1))
