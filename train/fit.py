@@ -31,7 +31,7 @@ from edge.metadata import NORMAL_CLASS  # noqa: E402
 from edge.preprocess import PreprocessSpec  # noqa: E402
 
 from .audit import default_cache_path, run_audit  # noqa: E402
-from .fit_config import MONITORS, FitConfig, FitResult, check_config, say  # noqa: E402,F401
+from .fit_config import MONITORS, FitConfig, FitResult, check_config, say, starts_from_weights  # noqa: E402,F401
 from .fit_report import finish, write_json  # noqa: E402
 from .heldout import split_held_out  # noqa: E402
 from .splits import (assign_splits, leak_summary, leaks, select_images, small_validation_warning,  # noqa: E402
@@ -223,7 +223,8 @@ def run(config: FitConfig) -> FitResult:
             model = build_model(config.preset, input_size=config.input_size, classes=len(classes),
                                 weights=config.weights, dropout=config.dropout, seed=config.seed,
                                 mixstyle=config.mixstyle)
-            if _pretrained(config):  # a random backbone (--weights none) is trained whole, BatchNorm included
+            # a random backbone (--weights none) is trained whole, BatchNorm included
+            if starts_from_weights(config.weights):
                 set_backbone_trainable(model, 0.0)
             _compile(model, config, config.learning_rate, steps, config.epochs)
     average = None
@@ -237,9 +238,9 @@ def run(config: FitConfig) -> FitResult:
     done_epochs = int(state.get("epoch", 0))
     phase = int(state.get("phase", 1))
     if phase == 1 and done_epochs < config.epochs:
+        frozen = backbone_of(model) is not None and starts_from_weights(config.weights)
         say(config, f"training {config.preset} ({model.count_params():,} parameters) for up to {config.epochs} "
-                     f"epochs of {steps} steps" + (" with the backbone frozen" if backbone_of(model) and _pretrained(config)
-                                                   else ""))
+                     f"epochs of {steps} steps" + (" with the backbone frozen" if frozen else ""))
         model.fit(train_ds, epochs=config.epochs, initial_epoch=done_epochs,
                   callbacks=_callbacks(config, ckpt, 1, state.get("best"), average), **fit_kwargs)
     fine_tuned = 0
@@ -323,10 +324,6 @@ def _lung_segmenter(config: FitConfig) -> str:
     segmenter = lungs.register(data)
     (config.out / "lungs.tflite").write_bytes(data)
     return segmenter.sha256
-
-
-def _pretrained(config: FitConfig) -> bool:
-    return bool(config.weights) and str(config.weights).lower() != "none"
 
 
 def _check_splits(by_split, samples, classes) -> None:

@@ -96,6 +96,11 @@ def check_config(c: FitConfig) -> None:
         raise CxrError("invalid options: " + "; ".join(problems), code=ExitCode.USAGE, reason="bad_option")
 
 
+def starts_from_weights(weights: str | None) -> bool:
+    """True when --weights names pretrained weights (imagenet or a file), False for a random init."""
+    return bool(weights) and str(weights).lower() != "none"
+
+
 def config_dict(config: FitConfig) -> dict:
     data = asdict(config)
     data["data"] = [str(d) for d in config.data]

@@ -19,7 +19,7 @@ from edge.metadata import INTENDED_USE, NORMAL_CLASS, ModelMetadata, file_sha256
 from edge.review.log import NOTICE
 
 from . import report as rep
-from .fit_config import FitResult, config_dict, say
+from .fit_config import FitResult, config_dict, say, starts_from_weights
 from .heldout import render_sources, source_report
 from .splits import leak_summary, seen_subset
 
@@ -255,8 +255,8 @@ def render_report(metrics: dict, audit: dict, leaked: list) -> str:
               f"{t['epochs_run']} epochs of {t['steps_per_epoch']} steps, batch {t['config']['batch_size']}, "
               f"{t['config']['optimizer']} lr {t['config']['learning_rate']} ({t['config']['schedule']}), "
               f"monitor {t['config']['monitor']}, balance {t['config']['balance']}, seed {t['config']['seed']}. "
-              + (f"Started from the weights in {t['config']['weights']}. "
-                 if str(t['config'].get('weights') or 'none').lower() != 'none' else "Started from random weights. ")
+              + (f"Started from weights: {t['config']['weights']}. "
+                 if starts_from_weights(t['config'].get('weights')) else "Started from random weights. ")
               + (f"Shipped weights: the average from epoch {t['config']['average_from']} to the end, a snapshot "
                  f"every {t['config']['average_every']} steps (no early stopping). " if t['config'].get('average_from')
                  else "Shipped weights: the best validation epoch. ") +

@@ -31,9 +31,8 @@ def _key(path: str, sources: set) -> str:
     return "/".join(parts[first:])
 
 
-def _scores(run: Path) -> dict:
-    """split -> {film key: (true class, abnormality)}."""
-    m = json.loads((run / "metrics.json").read_text())
+def _scores(run: Path, m: dict) -> dict:
+    """split -> {film key: (true class, abnormality)}; m is the run's metrics.json."""
     sources = {name for split in ("test", "external") for name in m["sources"][split]["by_source"]}
     out: dict = {}
     with open(run / "predictions.csv") as handle:
@@ -54,7 +53,8 @@ def _mean_normal(items):
 
 def row(arg: str) -> str:
     runs = [Path(p) for p in arg.split("+")]
-    scored = [_scores(r) for r in runs]
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    scored = [_scores(r, m) for r, m in zip(runs, metrics)]
     merged = {}
     for split in ("test", "external"):
         keys = set.intersection(*(set(s.get(split, {})) for s in scored))
@@ -66,8 +66,7 @@ def row(arg: str) -> str:
     shz = [v for k, v in test.items() if k.startswith("tb-shenzhen/")]
     at_threshold = "-/-"
     if len(runs) == 1:
-        m = json.loads((runs[0] / "metrics.json").read_text())
-        known = m["sources"]["external"]["by_source"].get("adult-nih", {})
+        known = metrics[0]["sources"]["external"]["by_source"].get("adult-nih", {})
         at_threshold = f"{_f(known.get('sensitivity'))}/{_f(known.get('specificity'))}"
     name = " + ".join(r.name for r in runs)
     return (f"| {name} | {_f(_auc(test.values()))} | {_f(_auc(nih))} ({at_threshold}) "

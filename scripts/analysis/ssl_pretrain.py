@@ -31,6 +31,7 @@ BASE, out = Path(sys.argv[1]), Path(sys.argv[2])
 epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 BATCH, TAU = int(os.environ.get("BATCH", 128)), 0.2
 out.mkdir(parents=True, exist_ok=True)
+weights = out / "ssl.weights.h5"
 meta = ModelMetadata.from_dict(json.loads((BASE / "model.meta.json").read_text()))
 spec = meta.preprocessing
 if spec.crop == "lungs":
@@ -85,8 +86,8 @@ def step(a, b):
 
 history = []
 if not epochs:
-    if (out / "ssl.weights.h5").exists():
-        model.load_weights(str(out / "ssl.weights.h5"))
+    if weights.exists():
+        model.load_weights(str(weights))
     else:
         print("no OUT/ssl.weights.h5: probing a random init (the control)", flush=True)
 for epoch in range(epochs):
@@ -97,12 +98,12 @@ for epoch in range(epochs):
     history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
                     "pair_top1": round(float(np.mean(accs)), 4), "seconds": round(time.time() - t1)})
     print(json.dumps(history[-1]), flush=True)
-    model.save_weights(str(out / "ssl.weights.h5"))
+    model.save_weights(str(weights))
     (out / "history.json").write_text(json.dumps({"base_run": str(BASE), "images": len(images), "batch": BATCH,
                                                   "temperature": TAU, "augment": strong.to_dict(),
                                                   "epochs": history}, indent=1))
 if epochs:
-    print(f"wrote {out / 'ssl.weights.h5'} after {time.time() - t0:.0f} s", flush=True)
+    print(f"wrote {weights} after {time.time() - t0:.0f} s", flush=True)
 
 # Linear probe on the frozen features.
 classes = list(meta.classes)
@@ -128,6 +129,5 @@ for name, keep in [("internal test", lambda r: r["split"] == "test"),
     y = np.array([r["true"] != "normal" for r in scored])[m]
     result[name] = round(float(roc_auc(y, abnormal[m])), 3) if 0 < y.sum() < len(y) else None
 print(json.dumps({"linear_probe_auc": result}), flush=True)
-weights = out / "ssl.weights.h5"
 (out / "probe.json").write_text(json.dumps({"base_run": str(BASE), "weights": str(weights) if weights.exists() else None,
                                             "linear_probe_auc": result}, indent=1))
