@@ -356,3 +356,36 @@ def test_ensemble_answers_with_the_mean_of_its_members_logits(tmp_path):
 
     with pytest.raises(CxrError, match="split differently"):
         run_ensemble([runs[0], member(3, 5)], tmp_path / "bad", verbose=0)
+
+
+@pytest.mark.slow
+def test_pretrain_writes_weights_that_fit_starts_from(tiny_run, tmp_path):
+    import models.architectures  # noqa: F401
+    import tf_keras as keras
+    from models.architectures import build_model
+    from train.fit import FitConfig, run
+    from train.pretrain import WEIGHTS_FILE, pretrain
+
+    lines = []
+    result = pretrain(tiny_run.out, tmp_path / "ssl", epochs=2, batch_size=4, say=lines.append)
+    history = json.loads((tmp_path / "ssl" / "history.json").read_text())
+    with open(tiny_run.out / "splits.csv") as handle:
+        train_rows = [r for r in csv.DictReader(handle) if r["split"] == "train"]
+    assert history["images"] == len(train_rows) and history["preset"] == "small-cnn"
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2] and all(np.isfinite(e["loss"]) for e in history["epochs"])
+    assert "internal test" in result["linear_probe_auc"] and json.loads((tmp_path / "ssl" / "probe.json").read_text()) == result
+    weights = tmp_path / "ssl" / WEIGHTS_FILE
+    # the whole classifier of the base run's preset and size: its convolutions are the pretrained ones
+    meta = ModelMetadata.from_dict(json.loads((tiny_run.out / "model.meta.json").read_text()))
+    fresh = build_model("small-cnn", input_size=64, classes=len(meta.classes), seed=0)
+    loaded = build_model("small-cnn", input_size=64, classes=len(meta.classes), weights=str(weights), seed=0)
+    kernels = [i for i, w in enumerate(fresh.weights) if "kernel" in w.name and "conv" in w.name]
+    assert kernels and not any(np.allclose(fresh.weights[i].numpy(), loaded.weights[i].numpy()) for i in kernels)
+    assert isinstance(loaded, keras.Model)
+    tuned = run(FitConfig(data=[MINI], out=tmp_path / "tuned", input_size=64, epochs=1, batch_size=8,
+                          val_fraction=0.25, test_fraction=0.25, seed=1, verbose=0, cache_path=tmp_path / "h.json",
+                          gradcam_per_kind=1, weights=str(weights)))
+    assert f"Started from weights: {weights}" in (tuned.out / "report.md").read_text()
+    with pytest.raises(CxrError, match="fewer than one batch") as error:
+        pretrain(tiny_run.out, tmp_path / "big", epochs=1, batch_size=10_000, say=lines.append)
+    assert error.value.code == ExitCode.USAGE

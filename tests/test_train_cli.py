@@ -43,3 +43,11 @@ def test_the_python_example_in_docs_training_runs(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)  # verbatim, then a check
     assert run.returncode == 0, run.stderr[-3000:]
     assert "OK True" in run.stdout
+
+
+def test_pretrain_names_a_folder_that_is_not_a_run(tmp_path):
+    run = cxr_train("pretrain", str(tmp_path), "--out", str(tmp_path / "ssl"))
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr == (f"cxr-train: error: {tmp_path}: not a finished `cxr-train fit` run (no model.meta.json, "
+                          "metrics.json, splits.csv)\n")
+    assert not (tmp_path / "ssl").exists()

@@ -266,6 +266,29 @@ def lungs(
 
 
 @app.command()
+def pretrain(
+    base: Path = typer.Argument(..., help="A finished fit run: its training films and preprocessing (not its labels "
+                                "or weights); its test split and held-out sources stay unseen."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for ssl.weights.h5, history.json and probe.json."),
+    epochs: int = typer.Option(30, "--epochs", min=0, help="0: only the linear probe of OUT's weights, or of a "
+                               "random init where OUT has none (the probe's control)."),
+    batch_size: int = typer.Option(128, "--batch-size", min=2, help="Films per batch (2x views)."),
+    temperature: float = typer.Option(0.2, "--temperature", min=0.01, help="NT-Xent temperature."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds."),
+) -> None:
+    """Self-supervised pretraining (SimCLR) for `fit --weights OUT/ssl.weights.h5`, then a linear probe."""
+    if epochs:
+        _refuse_existing_run(out, overwrite)
+    from .pretrain import pretrain as run_pretrain
+
+    result = run_pretrain(base, out, epochs=epochs, batch_size=batch_size, temperature=temperature, seed=seed,
+                          say=lambda line: typer.echo(f"cxr-train: {line}", err=True))
+    probe = ", ".join(f"{k} {v:.3f}" for k, v in result["linear_probe_auc"].items() if v is not None)
+    typer.echo(f"linear probe on the frozen features, screening AUC: {probe}")
+
+
+@app.command()
 def compare(
     runs: List[Path] = typer.Argument(..., help="Run folders written by `cxr-train fit`."),
     tflite: List[str] = typer.Option([], "--tflite", help="RUN=FILE: the int8 .tflite of a run (default: an int8 "

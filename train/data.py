@@ -95,7 +95,8 @@ def _decode(spec: PreprocessSpec):
     return fn
 
 
-def _affine(image, seed, aug: Augment, height: int, width: int):
+def affine(image, seed, aug: Augment, height: int, width: int):
+    """One random rotation, zoom and shift, then aug's photometric changes, of one image (stateless: seed)."""
     seeds = tf.random.experimental.stateless_split(seed, 8)
     angle = tf.random.stateless_uniform([], seeds[0], -1.0, 1.0) * aug.rotation_deg * math.pi / 180.0
     zoom = 1.0 + tf.random.stateless_uniform([], seeds[1], -aug.zoom, aug.zoom)
@@ -154,7 +155,7 @@ def _photometric(out, seeds, aug: Augment, height: int, width: int):
 def _augmenter(aug: Augment, spec: PreprocessSpec):
     def fn(seed, element):
         image, rest = element[0], element[1:]
-        return (_affine(image, seed, aug, spec.height, spec.width), *rest)
+        return (affine(image, seed, aug, spec.height, spec.width), *rest)
     return fn
 
 
