@@ -207,6 +207,8 @@ def threshold(
                                           "the split training gave them."),
     split: str = typer.Option("val", "--split", help="Choose on this split (never the test split)."),
     sensitivity: float = typer.Option(0.95, "--sensitivity", min=0.5, max=1.0, help="Target sensitivity."),
+    per_source: bool = typer.Option(False, "--per-source", help="Reach the target in every source with at least "
+                                    "30 abnormal images too, not only pooled."),
     alias: Optional[List[str]] = AliasOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -218,7 +220,7 @@ def threshold(
         raise CxrError("--split test: a threshold chosen on the test split makes its test metrics meaningless; "
                        "use the validation split", code=ExitCode.USAGE, reason="bad_option")
     report = choose_threshold(tflite, list(data), split=split, sensitivity=sensitivity, out=out,
-                              aliases=list(alias or []), splits_csv=splits)
+                              aliases=list(alias or []), splits_csv=splits, per_source=per_source)
     _emit(report, as_json, lambda r: typer.echo(
         f"threshold {r['threshold']:.4f}: sensitivity {r['screening']['sensitivity']:.3f}, specificity "
         f"{r['screening']['specificity']:.3f} on {r['screening']['n']} {split} images; wrote {r['file']} "

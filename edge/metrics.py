@@ -128,6 +128,20 @@ def threshold_for_sensitivity(y, score, target: float = 0.95) -> float:
     return float(pos[needed - 1])
 
 
+def threshold_for_sensitivity_in_groups(y, score, groups, target: float = 0.95,
+                                        min_abnormal: int = 30) -> tuple[float, list[str]]:
+    """The highest threshold whose sensitivity >= target pooled and inside each group (e.g. source) holding at
+    least min_abnormal abnormal images; also the groups that counted. A pooled sensitivity can hide a group
+    whose abnormal images all score low, since the largest group sets a pooled threshold."""
+    y, score = _binary(y, score)
+    groups = np.asarray([str(g) for g in groups])
+    threshold = threshold_for_sensitivity(y, score, target)
+    counted = sorted(g for g in set(groups.tolist()) if y[groups == g].sum() >= min_abnormal)
+    for g in counted:
+        threshold = min(threshold, threshold_for_sensitivity(y[groups == g], score[groups == g], target))
+    return threshold, counted
+
+
 def threshold_table(y, score, thresholds=None) -> list[dict]:
     """Counts and rates at each threshold (default 0.05, 0.10, ... 0.95)."""
     if thresholds is None:
