@@ -54,7 +54,6 @@ def test_threshold_refuses_the_test_split(tiny_int8_model, tmp_path):
     assert run.returncode == 2 and "test split" in run.stderr and "Traceback" not in run.stderr
 
 
-
 def test_per_source_threshold_reaches_the_target_in_every_source():
     """A pooled sensitivity can hide a source whose abnormal films all score low; the per-source rule cannot."""
     import numpy as np

@@ -10,7 +10,7 @@ and classes.
 
 At the end a linear probe (softmax on the frozen pooled features, every class and source weighing the same,
 as fit's --balance source) is trained on the same films and scored on the base run's internal test split and
-held-out sources: what the pretrained features alone carry before any fine-tuning. `probe_only` scores an
+held-out sources: what the pretrained features alone carry before any fine-tuning. epochs=0 only probes an
 existing OUT/ssl.weights.h5 again, or, when OUT has none, a random init: the probe's control.
 
 Writes OUT/ssl.weights.h5, OUT/history.json (loss, pair top-1 per epoch, the settings) and OUT/probe.json.
@@ -42,7 +42,8 @@ WEIGHTS_FILE = "ssl.weights.h5"
 
 
 def read_base_run(base: Path) -> tuple[ModelMetadata, dict, list[dict]]:
-    """The base run's metadata, fit options and training rows; a clear error for a folder that is not a run."""
+    """The base run's metadata, fit options and splits.csv rows (every split); a clear error for a folder that is
+    not a run."""
     needed = [base / name for name in ("model.meta.json", "metrics.json", "splits.csv")]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
@@ -51,7 +52,8 @@ def read_base_run(base: Path) -> tuple[ModelMetadata, dict, list[dict]]:
     meta = ModelMetadata.from_dict(json.loads(needed[0].read_text()))
     config = json.loads(needed[1].read_text())["training"]["config"]
     with open(needed[2], newline="") as handle:
-        train = [r for r in csv.DictReader(handle) if r["split"] == "train"]
+        rows = list(csv.DictReader(handle))
+    train = [r for r in rows if r["split"] == "train"]
     if not train or not Path(train[0]["path"]).is_file():
         raise CxrError(f"{base}: its splits.csv names {train[0]['path'] if train else 'no training films'}, not found "
                        "from here; run from the folder the fit ran in (its paths are relative to it)",
@@ -59,7 +61,7 @@ def read_base_run(base: Path) -> tuple[ModelMetadata, dict, list[dict]]:
     if meta.preprocessing.crop == "lungs" and not (base / "lungs.tflite").is_file():
         raise CxrError(f"{base}: its model crops the lungs but lungs.tflite is missing", code=ExitCode.USAGE,
                        reason="not_a_run")
-    return meta, config, train
+    return meta, config, rows
 
 
 def pretrain(base: Path, out: Path, *, epochs: int = 30, batch_size: int = 128, temperature: float = 0.2,
@@ -73,7 +75,8 @@ def pretrain(base: Path, out: Path, *, epochs: int = 30, batch_size: int = 128, 
 
     from .data import affine, eval_dataset
 
-    meta, config, train = read_base_run(base)
+    meta, config, rows = read_base_run(base)
+    train = [r for r in rows if r["split"] == "train"]
     spec = meta.preprocessing
     if spec.crop == "lungs":
         edge_lungs.register((base / "lungs.tflite").read_bytes())
@@ -141,17 +144,19 @@ def pretrain(base: Path, out: Path, *, epochs: int = 30, batch_size: int = 128, 
     if epochs:
         say(f"wrote {weights} after {time.time() - t0:.0f} s")
     result = {"base_run": str(base), "weights": str(weights) if weights.exists() else None,
-              "linear_probe_auc": linear_probe(base, meta, config, train, images, encoder)}
+              "linear_probe_auc": linear_probe(base, meta, config, rows, images, encoder)}
     (out / "probe.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def linear_probe(base: Path, meta: ModelMetadata, config: dict, train: list[dict], images, encoder) -> dict:
-    """Screening AUC (1 - P(normal)) of a softmax on frozen features: internal test and each held-out source."""
+def linear_probe(base: Path, meta: ModelMetadata, config: dict, rows: list[dict], images, encoder) -> dict:
+    """Screening AUC (1 - P(normal)) of a softmax on frozen features (`images`: the training rows' films):
+    internal test and each held-out source."""
     import tf_keras as keras
 
     from .data import eval_dataset, source_class_weights
 
+    train = [r for r in rows if r["split"] == "train"]
     classes = list(meta.classes)
     y_train = np.array([classes.index(r["label"]) for r in train])
     f_train = encoder.predict(images, batch_size=64, verbose=0)
@@ -165,17 +170,17 @@ def linear_probe(base: Path, meta: ModelMetadata, config: dict, train: list[dict
     x = np.concatenate([b for b, _ in eval_dataset([r["path"] for r in scored], [0] * len(scored),
                                                    meta.preprocessing, batch_size=64)])
     abnormal = 1.0 - probe.predict((encoder.predict(x, batch_size=64, verbose=0) - mean) / std, verbose=0)[:, 0]
-    with open(base / "splits.csv", newline="") as handle:
-        source = {r["path"]: r["dataset"] for r in csv.DictReader(handle)}
+    dataset = {r["path"]: r["dataset"] for r in rows}
     for r in scored:  # held-out films are not in splits.csv: the hold-out named in their path
-        r["source"] = source.get(r["path"]) or next((h for h in config["hold_out"] if f"/{h}/" in f"/{r['path']}"),
-                                                    "held out")
+        r["source"] = dataset.get(r["path"]) or next((h for h in config["hold_out"] if f"/{h}/" in f"/{r['path']}"),
+                                                     "held out")
     groups = {"internal test": [r["split"] == "test" for r in scored]}
     for split, source in sorted({(r["split"], r["source"]) for r in scored}):
         groups[f"{source} ({split})"] = [r["source"] == source and r["split"] == split for r in scored]
+    is_abnormal = np.array([r["true"] != "normal" for r in scored])
     result = {}
     for name, keep in groups.items():
         m = np.array(keep)
-        y = np.array([r["true"] != "normal" for r in scored])[m]
+        y = is_abnormal[m]
         result[name] = round(float(roc_auc(y, abnormal[m])), 3) if 0 < y.sum() < len(y) else None
     return result
