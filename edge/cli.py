@@ -19,7 +19,7 @@ from .errors import CxrError, ExitCode
 from .inputs import expand_inputs
 from .names import shown
 from .paths import default_log_path, default_model_path
-from .output import batch_summary, print_calibration, print_evaluation, print_results, progress_bar
+from .output import batch_summary, print_results
 from .review.log import ReviewLog
 from .runtime import TFLiteModel
 from .review.images import review_images
@@ -27,6 +27,7 @@ from .review.screen_log import earlier_result, json_record, marked, read_for_scr
 from .screening import screen_file
 from .station import commands as station_commands
 from .station.commands import ForwardOption
+from . import cli_eval as eval_commands
 
 app = typer.Typer(
     help="Chest X-ray screening on small devices. A screening aid that refers images for a doctor's "
@@ -48,6 +49,8 @@ ThresholdOption = typer.Option(None, "--threshold", min=0.0, max=1.0,
 
 DelegateOption = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a Coral Edge TPU.")
 ThreadsOption = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all).")
+SinceOption = typer.Option(None, "--since", help="Only exams logged since: an age (30m, 12h, 7d) or an ISO "
+                                                 "date/time (local time unless an offset is given).")
 AnyViewOption = typer.Option(False, "--any-view",
                              help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view) and "
                                   "images the input gate refuses (it still records its scores, corrects nothing).")
@@ -122,93 +125,8 @@ def _screen_one(path: Path, tflite: TFLiteModel, cutoff: float, source: str, any
     return result, record_result(review_log, result, "screen"), None
 
 
-AliasOption = typer.Option(None, "--alias", help="Map a folder/label name to a class, e.g. "
-                           "'Lung_Opacity=pneumonia', or NAME=skip to leave it out. Repeatable.")
-
-
-SplitOption = typer.Option(None, "--split", help="Only images of this split (train, val or test), for data "
-                           "that names its splits, such as the splits.csv a cxr-train run writes.")
-
-
-def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]], split: Optional[str],
-                   any_view: bool = False):
-    from .datasets import discover_many, parse_alias_overrides
-    from .evaluation import score_samples
-
-    notes: list[str] = []
-    samples = discover_many(data, aliases=parse_alias_overrides(aliases or []),
-                            classes=tuple(tflite.metadata.classes), notes=notes)
-    for note in notes:
-        typer.echo(f"cxr-edge: {note}", err=True)
-    if split is not None:
-        samples = [s for s in samples if s.split == split]
-        if not samples:
-            raise CxrError(f"no image of split {split!r} in {', '.join(map(str, data))}", code=ExitCode.DATA,
-                           reason="empty_dataset")
-    with progress_bar(len(samples), "scoring") as step:
-        return score_samples(tflite, samples, on_step=step, allow_any_view=any_view)
-
-
-@app.command("eval")
-def evaluate(
-    data: List[Path] = typer.Argument(..., help="Labelled folders (class folders, split folders, CSV or split lists)."),
-    model: Optional[Path] = ModelOption,
-    threshold: Optional[float] = ThresholdOption,
-    alias: Optional[List[str]] = AliasOption,
-    split: Optional[str] = SplitOption,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every metric."),
-    any_view: bool = typer.Option(False, "--any-view", help="Score the images the input gate would refuse too."),
-) -> None:
-    """Evaluate a model on labelled images: per-class metrics, confusion matrix and screening metrics
-    (of the images the input gate lets through; it says how many it refused)."""
-    from .evaluation import evaluation_report
-
-    tflite = load_model(model)
-    cutoff, source = resolve_threshold(tflite, threshold)
-    report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split, any_view), cutoff, source)
-    report["data"] = [str(d) for d in data]
-    if as_json:
-        typer.echo(json.dumps(report, sort_keys=True))
-    else:
-        print_evaluation(report)
-    for failure in report["failed"]:
-        sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
-    for warning in report["warnings"]:
-        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
-
-
-@app.command()
-def calibrate(
-    data: List[Path] = typer.Argument(..., help="This site's own labelled images (normal and abnormal)."),
-    sensitivity: float = typer.Option(0.95, "--sensitivity", min=0.5, max=1.0,
-                                      help="Sensitivity (share of abnormal images referred) to reach."),
-    model: Optional[Path] = ModelOption,
-    alias: Optional[List[str]] = AliasOption,
-    split: Optional[str] = SplitOption,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the threshold without storing it."),
-    force: bool = typer.Option(False, "--force", help="Store it even when the sample is too small to trust "
-                               "(otherwise such a threshold is shown, not stored, and the exit code is 7)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the calibration record as JSON."),
-) -> None:
-    """Choose this site's threshold for a target sensitivity; screen, watch and eval then use it for this
-    exact model file (tied to its sha256, never reused with another model). Undo: cxr-edge thresholds."""
-    from .calibration import store_threshold
-    from .evaluation import calibrate as calibrate_scores
-
-    tflite = load_model(model)
-    record = calibrate_scores(tflite, _scored_folder(data, tflite, alias, split), sensitivity)
-    record["data"] = [str(d) for d in data]
-    refused = bool(record["warnings"]) and not force and not dry_run
-    record["forced"] = bool(record["warnings"]) and force and not dry_run
-    stored = None if dry_run or refused else store_threshold(tflite.sha256, record)
-    for warning in record["warnings"]:
-        sys.stderr.write(f"cxr-edge: warning: {warning}\n")
-    if as_json:
-        typer.echo(json.dumps({**record, "stored_in": str(stored) if stored else None}, sort_keys=True))
-    else:
-        print_calibration(record, stored, refused)
-    if refused:
-        raise typer.Exit(ExitCode.CHECK_FAILED)
+eval_commands.register(app, model_option=ModelOption, threshold_option=ThresholdOption, log_option=LogOption,
+                       since_option=SinceOption)
 
 
 @app.command()
@@ -276,8 +194,6 @@ app.add_typer(thresholds_app, name="thresholds")
 review_app = typer.Typer(help="Read the review log as a remote doctor: list, export a bundle, record verdicts.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
-SinceOption = typer.Option(None, "--since", help="Only exams logged since: an age (30m, 12h, 7d) or an ISO "
-                                                 "date/time (local time unless an offset is given).")
 
 
 @review_app.command("list")

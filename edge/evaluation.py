@@ -108,7 +108,13 @@ def evaluation_report(model: TFLiteModel, scored: ScoredSet, threshold: float, t
 
 def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:
     """Threshold reaching `target` sensitivity on this site's images, with what it costs."""
-    y, score = scored.is_abnormal, scored.abnormality(model)
+    return calibrate_scores(model, scored.is_abnormal, scored.abnormality(model), target)
+
+
+def calibrate_scores(model: TFLiteModel, y: np.ndarray, score: np.ndarray, target: float,
+                     warnings: list[str] | None = None) -> dict:
+    """Threshold reaching `target` sensitivity on these labels (True = abnormal) and this model's scores;
+    `warnings` the caller already has (each makes the threshold too uncertain to store without --force)."""
     n_abnormal, n_normal = int(y.sum()), int((~y).sum())
     if n_abnormal == 0 or n_normal == 0:
         missing = "abnormal" if n_abnormal == 0 else "normal"
@@ -116,7 +122,7 @@ def calibrate(model: TFLiteModel, scored: ScoredSet, target: float) -> dict:
                        code=ExitCode.DATA, reason="one_class_only")
     threshold = threshold_for_sensitivity(y, score, target)
     metrics = screening_metrics(y, score, threshold)
-    warnings = []
+    warnings = list(warnings or [])
     if n_abnormal < MIN_PER_GROUP or n_normal < MIN_PER_GROUP:
         warnings.append(f"only {n_abnormal} abnormal and {n_normal} normal images (want at least {MIN_PER_GROUP} "
                         "of each): this threshold is too uncertain to trust; add images and calibrate again")

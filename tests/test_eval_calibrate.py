@@ -177,3 +177,91 @@ def test_eval_warns_once_on_a_small_sample_and_says_parentheses(tiny_model):
     human = cxr_edge("eval", MINI, "-m", tiny_model)
     assert "95% intervals in parentheses" in " ".join(human.stdout.split()) and "brackets" not in human.stdout
     assert human.stderr.count("cxr-edge: warning: only") == 1
+
+
+def station_log(path: Path, model_path: Path, review_normals: float = 1.0) -> dict:
+    """A real review log: 250 normal and 250 abnormal films screened by `model_path` at 0.3, every referred one
+    reviewed and `review_normals` of those called normal (every k-th), each verdict saying what the film was;
+    plus exams of another model and a refusal, which calibration must leave out."""
+    import numpy as np
+
+    from edge.review.log import ReviewLog
+    from edge.review.verdicts import append_verdict
+    from edge.runtime import TFLiteModel
+
+    model = TFLiteModel(model_path)
+    rng = np.random.default_rng(0)
+    truth = np.array([False] * 250 + [True] * 250)
+    scores = np.where(truth, rng.beta(5, 2, 500), rng.beta(2, 5, 500))
+    step = round(1 / review_normals)
+    called_normal = 0
+    with ReviewLog(path) as log:
+        log.remember_model(model)
+        for i, (abnormal, score) in enumerate(zip(truth, scores)):
+            decision = "refer" if score >= 0.3 else "normal"
+            row = {"source": "watch", "file": f"exam-{i}.png", "sha256": f"{i:064x}", "status": "screened",
+                   "abnormality": float(score), "decision": decision, "top_class": "pneumonia",
+                   "probabilities": {"normal": 1 - float(score), "pneumonia": float(score), "covid-19": 0.0},
+                   "threshold": 0.3, "threshold_source": "model metadata", "model_name": model.metadata.name,
+                   "model_version": model.metadata.version, "model_sha256": model.sha256}
+            exam_id = log.record(row)
+            called_normal += decision == "normal"
+            if decision == "refer" or (called_normal - 1) % step == 0:
+                agree = (decision == "refer") == bool(abnormal)
+                append_verdict(log, exam_id, "agree" if agree else "disagree", None, "Dr R")
+        for i in range(5):  # another model's exams, reviewed: never mixed into this model's threshold
+            other = log.record({**row, "sha256": f"{1000 + i:064x}", "model_sha256": "f" * 64, "abnormality": 0.99})
+            append_verdict(log, other, "disagree", None, "Dr R")
+        log.record({"source": "watch", "file": "lateral.png", "status": "refused", "reason_code": "lateral_view",
+                    "reason": "lateral view", "model_name": model.metadata.name,
+                    "model_version": model.metadata.version, "model_sha256": model.sha256})
+    return {"truth": truth, "scores": scores}
+
+
+def test_calibrate_from_review_labels_films_with_the_doctors_verdicts(tiny_model, tmp_path):
+    import numpy as np
+
+    log = tmp_path / "station.sqlite"
+    made = station_log(log, tiny_model)
+    run = cxr_edge("calibrate", "--from-review", "--log", log, "-m", tiny_model, "--sensitivity", "0.9", "--json")
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    abnormal = np.sort(made["scores"][made["truth"]])[::-1]
+    assert (record["n_abnormal"], record["n_normal"]) == (250, 250)
+    assert record["threshold"] == pytest.approx(abnormal[224])  # the 225th (0.9 x 250) highest abnormal score
+    normal = made["scores"][~made["truth"]]
+    assert record["specificity"] == pytest.approx(np.mean(normal < record["threshold"]))
+    assert record["review"]["refer"]["share"] == 1.0 and record["review"]["normal"]["share"] == 1.0
+    assert "doctors' verdicts on 500 of 500 exams" in record["data"][0] and "not a diagnosis" in record["notice"]
+    screen = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert screen["threshold_source"] == "site calibration"
+    assert screen["threshold"] == pytest.approx(record["threshold"], abs=1e-6)
+
+
+def test_calibrate_from_review_refuses_a_threshold_biased_by_unreviewed_normals(tiny_model, tmp_path):
+    log = tmp_path / "station.sqlite"
+    station_log(log, tiny_model, review_normals=0.2)
+    run = cxr_edge("calibrate", "--from-review", "--log", log, "-m", tiny_model, "--sensitivity", "0.9", "--json")
+    assert run.returncode == 7, run.stderr
+    record = json.loads(run.stdout)
+    assert record["stored_in"] is None and record["review"]["normal"]["share"] < 0.25
+    assert "verification bias" in run.stderr and len(run.stderr.splitlines()) == 1
+    screen = json_lines(cxr_edge("screen", "-m", tiny_model, "--json", "--no-log", NORMAL_SAMPLE).stdout)[0]
+    assert screen["threshold_source"] == "model metadata"
+
+
+def test_calibrate_from_review_usage_and_empty_logs(tiny_model, tiny_int8_model, tmp_path):
+    log = tmp_path / "station.sqlite"
+    station_log(log, tiny_model)
+    both = cxr_edge("calibrate", MINI, "--from-review", "--log", log, "-m", tiny_model)
+    neither = cxr_edge("calibrate", "-m", tiny_model)
+    since_with_folder = cxr_edge("calibrate", MINI, "--since", "7d", "-m", tiny_model)
+    for run in (both, neither, since_with_folder):
+        assert run.returncode == 2 and "one of the two" in run.stderr and len(run.stderr.splitlines()) == 1
+    other = cxr_edge("calibrate", "--from-review", "--log", log, "-m", tiny_int8_model)
+    assert other.returncode == 6 and "no exam was screened by this model file" in other.stderr
+    assert "505 were screened by other models" in other.stderr
+    later = cxr_edge("calibrate", "--from-review", "--log", log, "-m", tiny_model, "--since", "2999-01-01")
+    assert later.returncode == 6 and "since 2999-01-01" in later.stderr
+    missing = cxr_edge("calibrate", "--from-review", "--log", tmp_path / "none.sqlite", "-m", tiny_model)
+    assert missing.returncode == 5 and "no review log here" in missing.stderr
