@@ -13,7 +13,8 @@ import numpy as np
 from edge.errors import CxrError, ExitCode
 from edge.evaluation import score_samples
 from edge.metadata import read_model_file
-from edge.metrics import screening_metrics, threshold_for_sensitivity, threshold_for_sensitivity_in_groups
+from edge.metrics import (per_source_wording, screening_metrics, threshold_for_sensitivity,
+                          threshold_for_sensitivity_in_groups)
 from edge.review.log import NOTICE
 from edge.runtime import TFLiteModel
 
@@ -46,9 +47,7 @@ def choose_threshold(tflite: Path, data: list[Path], *, split: str, sensitivity:
                  for src in sorted(set(sources))}
     data_bytes, metadata = read_model_file(tflite)
     metadata.threshold = threshold
-    where = "" if not per_source else (
-        f" overall and in each source with at least {min_abnormal} abnormal images ({', '.join(counted)})" if counted
-        else f" (no source had the {min_abnormal} abnormal images a per-source target needs)")
+    where = per_source_wording(counted, min_abnormal) if per_source else ""
     metadata.threshold_rule = (f"highest threshold on abnormality = 1 - P(normal) whose sensitivity on the {split} "
                                f"split ({metrics['n_abnormal']} abnormal, {metrics['n_normal']} normal images) is >= "
                                f"{sensitivity:g}{where}, chosen with this .tflite file itself")

@@ -142,6 +142,13 @@ def threshold_for_sensitivity_in_groups(y, score, groups, target: float = 0.95,
     return threshold, counted
 
 
+def per_source_wording(counted: list[str], min_abnormal: int = 30) -> str:
+    """How a threshold rule names the per-source target (threshold_for_sensitivity_in_groups), for its text."""
+    if counted:
+        return f" overall and in each source with at least {min_abnormal} abnormal images ({', '.join(counted)})"
+    return f" (no source had the {min_abnormal} abnormal images a per-source target needs)"
+
+
 def threshold_table(y, score, thresholds=None) -> list[dict]:
     """Counts and rates at each threshold (default 0.05, 0.10, ... 0.95)."""
     if thresholds is None:

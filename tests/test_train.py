@@ -357,6 +357,14 @@ def test_ensemble_answers_with_the_mean_of_its_members_logits(tmp_path):
     with pytest.raises(CxrError, match="split differently"):
         run_ensemble([runs[0], member(3, 5)], tmp_path / "bad", verbose=0)
 
+    # --per-source-threshold: the target in every source with 30 abnormal validation images, here none (one
+    # small source), so the threshold is the pooled one and the rule says why
+    per_source = run_ensemble(runs, tmp_path / "ens-per-source", per_source_threshold=True, verbose=0).metrics
+    assert per_source["threshold_sources"] == [] and result.metrics["threshold_sources"] is None
+    assert per_source["threshold"] == pytest.approx(result.metrics["threshold"])
+    assert "no source had the 30 abnormal images" in per_source["threshold_rule"]
+    assert per_source["training"]["config"]["per_source_threshold"] is True
+
 
 @pytest.mark.slow
 def test_pretrain_writes_weights_that_fit_starts_from(tiny_run, tmp_path):

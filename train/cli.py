@@ -191,6 +191,8 @@ def fit(
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (on with a GPU), on or off."),
     target_sensitivity: float = typer.Option(0.95, "--target-sensitivity",
                                              help="Threshold = highest reaching this sensitivity on validation."),
+    per_source_threshold: bool = typer.Option(False, "--per-source-threshold", help="Reach it in every source "
+                                              "with 30 abnormal validation images too, not only pooled."),
     name: str = typer.Option("cxr-screen", "--name", help="Model name stored in the metadata."),
     version: str = typer.Option("0.1.0", "--model-version", help="Model version stored in the metadata."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
@@ -215,7 +217,8 @@ def fit(
         dedup=dedup, allow_leakage=allow_leakage, max_distance=max_distance, aliases=parse_alias_overrides(alias),
         classes=_classes(classes), weights=weights, dropout=dropout, mixstyle=mixstyle, augment=augment, flip=flip,
         noise=noise, seed=seed, split_seed=split_seed,
-        mixed_precision=mixed_precision, target_sensitivity=target_sensitivity, name=name, version=version,
+        mixed_precision=mixed_precision, target_sensitivity=target_sensitivity,
+        per_source_threshold=per_source_threshold, name=name, version=version,
         resume=resume, steps_per_epoch=steps_per_epoch, cache_path=cache,
         verbose=2 if quiet or not sys.stdout.isatty() else 1,
     )
@@ -238,6 +241,8 @@ def ensemble(
     name: str = typer.Option("cxr-screen", "--name", help="Name in the metadata."),
     version: str = typer.Option("0.1.0", "--model-version", help="Version in the metadata."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds."),
+    per_source_threshold: bool = typer.Option(False, "--per-source-threshold", help="As fit's (also on when the "
+                                              "members used it)."),
     quiet: bool = typer.Option(False, "--quiet", help="Less output."),
 ) -> None:
     """One model from several runs: the mean of their logits, evaluated and reported as fit does (converters
@@ -245,7 +250,8 @@ def ensemble(
     _refuse_existing_run(out, overwrite)
     from .ensemble import run_ensemble
 
-    run_ensemble(list(runs), out, name=name, version=version, verbose=2 if quiet or not sys.stdout.isatty() else 1)
+    run_ensemble(list(runs), out, name=name, version=version, per_source_threshold=per_source_threshold,
+                 verbose=2 if quiet or not sys.stdout.isatty() else 1)
 
 
 @app.command()

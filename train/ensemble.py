@@ -73,7 +73,7 @@ def check_members(runs: list[Path]) -> list[dict]:
 
 
 def run_ensemble(runs: list[Path], out: Path, *, name: str = "cxr-screen", version: str = "0.1.0",
-                 verbose: int = 1) -> FitResult:
+                 per_source_threshold: bool = False, verbose: int = 1) -> FitResult:
     start = time.perf_counter()
     runs = [Path(r) for r in runs]
     records = check_members(runs)
@@ -86,6 +86,7 @@ def run_ensemble(runs: list[Path], out: Path, *, name: str = "cxr-screen", versi
                           "hold_out": tuple(options["hold_out"]), "aug": tuple(options["aug"]),
                           "cache_path": Path(options["cache_path"]) if options.get("cache_path") else None,
                           "members": tuple(str(r) for r in runs), "resume": False,
+                          "per_source_threshold": per_source_threshold or options.get("per_source_threshold", False),
                           "recalibrate_bn": False})  # each member keeps its own re-estimated statistics
     config.out.mkdir(parents=True, exist_ok=True)
 

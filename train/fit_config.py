@@ -58,6 +58,7 @@ class FitConfig:
     deterministic: bool = True
     mixed_precision: str = "auto"  # auto (on when a GPU is present) | on | off
     target_sensitivity: float = 0.95
+    per_source_threshold: bool = False  # the target in every source with >= 30 abnormal validation images too
     name: str = "cxr-screen"
     version: str = "0.1.0"
     resume: bool = False

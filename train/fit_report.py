@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.metadata import INTENDED_USE, NORMAL_CLASS, ModelMetadata, file_sha256
+from edge.metrics import per_source_wording
 from edge.review.log import NOTICE
 
 from . import report as rep
@@ -85,7 +86,9 @@ def finish(config, model, samples, audit_report, by_split, paths, labels, spec, 
          paths["external"] else "") + f" and {len(paths['seen'])} seen training images (inference mode)")
     probs = {s: _predict(model, paths[s], spec, config.batch_size, out / "cache" / s)
              for s in ("val", "test", "external", "seen") if paths[s]}
-    threshold = rep.choose_threshold(labels["val"], probs["val"], classes, config.target_sensitivity)
+    val_sources = [str(samples[i].dataset) for i in by_split["val"]] if config.per_source_threshold else None
+    threshold, counted = rep.choose_threshold(labels["val"], probs["val"], classes, config.target_sensitivity,
+                                              val_sources)
     evaluation = {s: rep.evaluate(labels[s], probs[s], classes, threshold) for s in probs}
     history = _read_history(out / "history.csv")
     plots = out / "plots"
@@ -105,7 +108,8 @@ def finish(config, model, samples, audit_report, by_split, paths, labels, spec, 
 
     threshold_rule = (f"highest threshold on abnormality = 1 - P(normal) whose sensitivity on the validation "
                       f"split ({evaluation['val']['screening']['n_abnormal']} abnormal images) is >= "
-                      f"{config.target_sensitivity}; refer when abnormality >= threshold")
+                      f"{config.target_sensitivity}{per_source_wording(counted) if val_sources else ''}; refer "
+                      "when abnormality >= threshold")
     training_summary = {
         "datasets": audit_report["datasets"], "class_counts": audit_report["class_counts"], "splits": counts,
         "dropped": dropped, "duplicates": audit_report["duplicates"], "warnings": audit_report["warnings"],
@@ -137,7 +141,7 @@ def finish(config, model, samples, audit_report, by_split, paths, labels, spec, 
         "model": {"name": config.name, "version": config.version, "sha256": model_sha, "file": "model.keras"},
         "notice": NOTICE, "intended_use": INTENDED_USE,
         "threshold": float(threshold), "target_sensitivity": config.target_sensitivity,
-        "threshold_rule": threshold_rule,
+        "threshold_rule": threshold_rule, "threshold_sources": counted if val_sources else None,
         **evaluation,
         "training": {
             "config": config_dict(config), "steps_per_epoch": steps, "epochs_run": len(history.get("loss", [])),

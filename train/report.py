@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from edge.decode import load_image  # noqa: E402
 from edge.metadata import NORMAL_CLASS  # noqa: E402
 from edge.metrics import (classification_report, roc_curve, screening_metrics, threshold_for_sensitivity,  # noqa: E402
-                          threshold_table)
+                          threshold_for_sensitivity_in_groups, threshold_table)
 from edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
 
 THRESHOLD_GRID = [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)]
@@ -23,10 +23,14 @@ def abnormality(probs: np.ndarray, classes) -> np.ndarray:
     return 1.0 - np.asarray(probs)[:, list(classes).index(NORMAL_CLASS)]
 
 
-def choose_threshold(y: np.ndarray, probs: np.ndarray, classes, target: float) -> float:
-    """Highest threshold reaching the target sensitivity on these (validation) images."""
+def choose_threshold(y: np.ndarray, probs: np.ndarray, classes, target: float,
+                     sources: list[str] | None = None) -> tuple[float, list[str]]:
+    """Highest threshold reaching the target sensitivity on these (validation) images; with `sources`, also in
+    every source holding 30 abnormal ones (those are returned too)."""
     is_abnormal = y != list(classes).index(NORMAL_CLASS)
-    return threshold_for_sensitivity(is_abnormal, abnormality(probs, classes), target)
+    if sources is None:
+        return threshold_for_sensitivity(is_abnormal, abnormality(probs, classes), target), []
+    return threshold_for_sensitivity_in_groups(is_abnormal, abnormality(probs, classes), sources, target)
 
 
 def evaluate(y: np.ndarray, probs: np.ndarray, classes, threshold: float) -> dict:
