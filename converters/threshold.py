@@ -13,7 +13,7 @@ import numpy as np
 from edge.errors import CxrError, ExitCode
 from edge.evaluation import score_samples
 from edge.metadata import read_model_file
-from edge.metrics import (per_source_wording, screening_metrics, threshold_for_sensitivity,
+from edge.metrics import (MIN_SOURCE_ABNORMAL, per_source_wording, screening_metrics, threshold_for_sensitivity,
                           threshold_for_sensitivity_in_groups)
 from edge.review.log import NOTICE
 from edge.runtime import TFLiteModel
@@ -21,12 +21,10 @@ from edge.runtime import TFLiteModel
 from .data import find_samples
 from .tflite_metadata import embed_metadata
 
-MIN_ABNORMAL_PER_SOURCE = 30  # fewer abnormal images than this in a source: its sensitivity is too noisy to set a threshold
-
 
 def choose_threshold(tflite: Path, data: list[Path], *, split: str, sensitivity: float, out: Path,
                      aliases: list[str] | None = None, splits_csv: Path | None = None, per_source: bool = False,
-                     min_abnormal: int = MIN_ABNORMAL_PER_SOURCE) -> dict:
+                     min_abnormal: int = MIN_SOURCE_ABNORMAL) -> dict:
     """The highest threshold reaching `sensitivity` on `split`; with per_source, in every source that has at
     least `min_abnormal` abnormal images there too (a pooled sensitivity can hide a source whose films all
     score low: the largest source sets a pooled threshold)."""

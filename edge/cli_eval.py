@@ -96,7 +96,7 @@ def register(app: typer.Typer, *, model_option, threshold_option, log_option, si
         exact model file (tied to its sha256, never reused with another model). Undo: cxr-edge thresholds."""
         from .calibration import store_threshold
         from .cli import load_model, log_path
-        from .evaluation import calibrate as calibrate_scores
+        from .evaluation import calibrate as calibrate_folder
 
         if bool(data) == from_review or (from_review and (alias or split)) or (since and not from_review):
             raise CxrError("calibrate takes labelled image folders (with --alias/--split) or --from-review (with "
@@ -108,7 +108,7 @@ def register(app: typer.Typer, *, model_option, threshold_option, log_option, si
             with ReviewLog(log_path(log), create=False, readonly=None) as review_log:
                 record = calibrate_from_review(tflite, review_log, sensitivity, since)
         else:
-            record = calibrate_scores(tflite, _scored_folder(data, tflite, alias, split), sensitivity)
+            record = calibrate_folder(tflite, _scored_folder(data, tflite, alias, split), sensitivity)
             record["data"] = [str(d) for d in data]
         refused = bool(record["warnings"]) and not force and not dry_run
         record["forced"] = bool(record["warnings"]) and force and not dry_run

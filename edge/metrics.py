@@ -128,8 +128,11 @@ def threshold_for_sensitivity(y, score, target: float = 0.95) -> float:
     return float(pos[needed - 1])
 
 
+MIN_SOURCE_ABNORMAL = 30  # fewer abnormal images in a source: its sensitivity is too noisy to set a threshold
+
+
 def threshold_for_sensitivity_in_groups(y, score, groups, target: float = 0.95,
-                                        min_abnormal: int = 30) -> tuple[float, list[str]]:
+                                        min_abnormal: int = MIN_SOURCE_ABNORMAL) -> tuple[float, list[str]]:
     """The highest threshold whose sensitivity >= target pooled and inside each group (e.g. source) holding at
     least min_abnormal abnormal images; also the groups that counted. A pooled sensitivity can hide a group
     whose abnormal images all score low, since the largest group sets a pooled threshold."""
@@ -142,7 +145,7 @@ def threshold_for_sensitivity_in_groups(y, score, groups, target: float = 0.95,
     return threshold, counted
 
 
-def per_source_wording(counted: list[str], min_abnormal: int = 30) -> str:
+def per_source_wording(counted: list[str], min_abnormal: int = MIN_SOURCE_ABNORMAL) -> str:
     """How a threshold rule names the per-source target (threshold_for_sensitivity_in_groups), for its text."""
     if counted:
         return f" overall and in each source with at least {min_abnormal} abnormal images ({', '.join(counted)})"

@@ -22,6 +22,7 @@ from ..evaluation import calibrate_scores
 from ..runtime import TFLiteModel
 from .listing import select_exams
 from .log import ReviewLog
+from .verdicts import says_abnormal
 
 MAX_REVIEW_GAP = 0.05
 
@@ -57,7 +58,7 @@ def calibrate_from_review(model: TFLiteModel, log: ReviewLog, target: float, sin
                        + (f"; {others} were screened by other models" if others else ""),
                        code=ExitCode.DATA, reason="empty_dataset")
     reviewed = [e for e in exams if e["verdict"]]
-    y = np.array([(e["decision"] == "refer") == (e["verdict"] == "agree") for e in reviewed], dtype=bool)
+    y = np.array([says_abnormal(e) for e in reviewed], dtype=bool)
     for label, count in (("abnormal", int(y.sum())), ("normal", int((~y).sum()))):
         if count == 0:
             raise CxrError(f"{log.path}: the doctors' verdicts on the {len(reviewed)} reviewed of {len(exams)} exams"

@@ -35,6 +35,7 @@ from ..paths import default_model_path
 from .log import NOTICE, ReviewLog
 from .drift import KS_ALPHA, PSI_ALERT, binomial_band, histogram, ks_two_sample, psi
 from .listing import select_exams
+from .verdicts import says_abnormal
 
 MIN_DRIFT = 20
 
@@ -98,8 +99,8 @@ def agreement(exams: list[dict]) -> dict:
     for e in exams:
         if e["status"] != "screened" or not e["verdict"]:
             continue
-        refer, agree = e["decision"] == "refer", e["verdict"] == "agree"
-        counts[("tp" if agree else "fp") if refer else ("tn" if agree else "fn")] += 1
+        abnormal = says_abnormal(e)
+        counts[("tp" if abnormal else "fp") if e["decision"] == "refer" else ("fn" if abnormal else "tn")] += 1
     tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
     reviewed = tp + fp + tn + fn
     return {**counts, "reviewed": reviewed,

@@ -31,6 +31,12 @@ MAX_NOTE = 2000
 MAX_REVIEWER = 200
 
 
+def says_abnormal(exam: dict) -> bool:
+    """What an exam's latest verdict says the film was: abnormal = referred and agreed, or called normal and
+    disagreed (`review stats` and `calibrate --from-review` read it the same way)."""
+    return (exam["decision"] == "refer") == (exam["verdict"] == "agree")
+
+
 def verdict_key(entry: dict) -> str:
     fields = {k: entry.get(k) for k in ("bundle_id", "exam_id", "image_sha256", "verdict", "note", "reviewer",
                                          "time")}
