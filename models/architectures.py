@@ -219,6 +219,20 @@ def _weights_argument(preset: Preset, weights: str | None):
     return weights
 
 
+def _saved_head_classes(path: str) -> int | None:
+    """Class count of the last Dense layer in a Keras `.weights.h5` file, or None when it cannot be read."""
+    try:
+        import h5py
+        with h5py.File(path, "r") as f:
+            dense = [name for name in f.get("layers", {}) if name == "dense" or name.startswith("dense_")]
+            if not dense:
+                return None
+            last = max(dense, key=lambda n: int(n.rsplit("_", 1)[1]) if "_" in n else 0)
+            return int(f["layers"][last]["vars"]["0"].shape[-1])
+    except (OSError, KeyError, ValueError, ImportError):
+        return None
+
+
 def build_model(preset: str, *, input_size: int = 224, classes: int = 3, weights: str | None = None,
                 dropout: float = 0.2, seed: int = 0, mixstyle: float = 0.0) -> keras.Model:
     """A fresh model for `preset`; weights: None/"none" (offline default), "imagenet", or a file path.
@@ -257,7 +271,19 @@ def build_model(preset: str, *, input_size: int = 224, classes: int = 3, weights
     model = keras.Model(inputs, outputs, name=preset.replace(".", "_"))
     if weights_arg and spec.kind == "cnn":
         try:
-            model.load_weights(weights_arg)
+            file_classes = _saved_head_classes(weights_arg)
+            if file_classes not in (None, classes):
+                # same backbone, another class set (e.g. self-supervised weights saved with 4 classes, fine-tuned
+                # on 2): load into a twin with the file's head and take everything but the head from it
+                twin = build_model(preset, input_size=input_size, classes=file_classes, weights=weights_arg,
+                                   dropout=dropout, seed=seed, mixstyle=mixstyle)
+                for mine, theirs in zip(model.layers, twin.layers):
+                    if mine.name != "logits":
+                        mine.set_weights(theirs.get_weights())
+            else:
+                model.load_weights(weights_arg)
+        except CxrError:
+            raise
         except Exception as exc:
             raise CxrError(f"--weights {weights_arg}: cannot be loaded into {preset} ({str(exc)[:160]})",
                            code=ExitCode.MODEL, reason="weights_unloadable") from None

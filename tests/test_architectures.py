@@ -128,3 +128,21 @@ def test_mixstyle_is_refused_for_transfer_presets():
 
     with pytest.raises(CxrError, match="mixstyle"):
         build_model("mobilenetv2-0.35", input_size=32, classes=3, mixstyle=0.5)
+
+
+def test_weights_saved_with_another_class_count_load_all_but_the_head(tmp_path):
+    """Self-supervised or 4-class weights start a 2-class model: every layer but `logits` comes from the file."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from models.architectures import build_model
+
+    four = build_model("cnn-4block", input_size=32, classes=4, weights=None, seed=1)
+    path = tmp_path / "four.weights.h5"
+    four.save_weights(str(path))
+    two = build_model("cnn-4block", input_size=32, classes=2, weights=str(path), seed=2)
+    for mine, theirs in zip(two.layers, four.layers):
+        if mine.name == "logits":
+            assert mine.get_weights()[0].shape == (256, 2)
+        else:
+            for a, b in zip(mine.get_weights(), theirs.get_weights()):
+                np.testing.assert_array_equal(a, b)
+    assert any(w.size for layer in two.layers if layer.name != "logits" for w in layer.get_weights())
