@@ -25,9 +25,28 @@ def embed_metadata(tflite_bytes: bytes, metadata: ModelMetadata, extra: dict[str
         entry.name = name
         entry.buffer = len(model.buffers) - 1
         model.metadata.append(entry)
+    _drop_unused_buffers(model)
     builder = flatbuffers.Builder(len(tflite_bytes) + sum(len(p) for p in entries.values()) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _drop_unused_buffers(model) -> None:
+    """Remove buffers nothing refers to (the replaced metadata), renumbering tensors and metadata entries;
+    without this every re-embedding kept the old metadata's bytes in the file."""
+    used = {0}  # buffer 0 is the empty sentinel every TFLite file starts with
+    for subgraph in model.subgraphs or []:
+        used.update(t.buffer for t in subgraph.tensors or [])
+    used.update(m.buffer for m in model.metadata or [])
+    if len(used) == len(model.buffers):
+        return
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    model.buffers = [model.buffers[old] for old in sorted(used)]
+    for subgraph in model.subgraphs or []:
+        for tensor in subgraph.tensors or []:
+            tensor.buffer = new_index[tensor.buffer]
+    for entry in model.metadata or []:
+        entry.buffer = new_index[entry.buffer]
 
 
 def _name(entry) -> str:

@@ -27,6 +27,13 @@ def test_embed_replaces_existing_metadata(tiny_model, tmp_path):
     again.write_bytes(embed_metadata(data, meta))
     _, read_back = read_model_file(again)
     assert (read_back.version, read_back.threshold) == ("9.9.9", 0.123)
+    # re-embedding drops the old metadata's bytes: the same metadata twice gives the same file, no bigger
+    twice = embed_metadata(again.read_bytes(), read_back)
+    assert twice == again.read_bytes()
+    import numpy as np
+    x = np.zeros((64, 64, 1), np.float32)
+    np.testing.assert_array_equal(TFLiteModel(again).predict(x).probabilities,
+                                  TFLiteModel(tiny_model).predict(x).probabilities)
 
 
 @pytest.mark.parametrize("change,needle", [
