@@ -18,7 +18,7 @@ from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
 from .inputs import expand_inputs
 from .names import shown
-from .paths import default_log_path, default_model_path
+from .paths import default_log_path, resolve_model
 from .output import batch_summary, print_results
 from .review.log import ReviewLog
 from .runtime import TFLiteModel
@@ -39,7 +39,7 @@ app = typer.Typer(
 add_version_option(app, "cxr-edge")
 
 ModelOption = typer.Option(None, "--model", "-m", envvar="CXR_EDGE_MODEL",
-                           help="A cxr-edge .tflite file. Default: the model bundled with the package.")
+                           help="A cxr-edge .tflite file, or a bundled model's name (cxr-default, cxr-pediatric). Default: cxr-default.")
 LogOption = typer.Option(None, "--log", envvar="CXR_EDGE_LOG",
                          help="Review log (SQLite). Default: $CXR_EDGE_HOME/review.sqlite, else "
                               "~/.local/share/cxr-edge/review.sqlite.")
@@ -52,12 +52,13 @@ ThreadsOption = typer.Option(None, "--threads", min=1, help="Interpreter threads
 SinceOption = typer.Option(None, "--since", help="Only exams logged since: an age (30m, 12h, 7d) or an ISO "
                                                  "date/time (local time unless an offset is given).")
 AnyViewOption = typer.Option(False, "--any-view",
-                             help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view) and "
-                                  "images the input gate refuses (it still records its scores, corrects nothing).")
+                             help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view, a "
+                                  "patient age outside the model's) and images the input gate refuses (it still "
+                                  "records its scores, corrects nothing).")
 
 
 def load_model(model: Optional[Path], delegate: str = "cpu", threads: Optional[int] = None) -> TFLiteModel:
-    return TFLiteModel(model or default_model_path(), delegate=delegate, threads=threads)
+    return TFLiteModel(resolve_model(model), delegate=delegate, threads=threads)
 
 
 def log_path(log: Optional[Path]) -> Path:

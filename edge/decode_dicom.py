@@ -25,6 +25,7 @@ from .decode_header import Header, check_budget
 from .decode_pixels import min_max_unit, require_finite, robust_unit, to_grey
 from .errors import CxrError, InputRefused
 from .names import one_line, shown
+from .patient_age import dicom_age_years
 
 ACCEPTED_MODALITIES = ("CR", "DX", "DR")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE LATERAL")
@@ -45,6 +46,7 @@ def decode_dicom(path: Path, data: bytes, *, allow_any_view: bool) -> tuple[np.n
         "body_part": shown(str(ds.get("BodyPartExamined", "") or "")),
         "photometric": shown(str(ds.get("PhotometricInterpretation", "") or "")),
         "bits_stored": _int_tag(path, ds, "BitsStored", default=0),
+        "patient_age": dicom_age_years(ds),
     }
     if not allow_any_view:
         _refuse_non_chest_xray(path, info)

@@ -45,6 +45,7 @@ class ModelMetadata:
     schema_version: int = SCHEMA_VERSION
     task: str = "screening"  # or "gate": the input gate (edge/gate.py), whose classes are image kinds
     gate: dict = field(default_factory=dict)  # a classifier may pin its gate: {"file": ..., "sha256": ...}
+    ages: list = field(default_factory=list)  # [from, below) years the model is for (null: open); [] any age
 
     def validate(self) -> None:
         problems = _type_problems(self)
@@ -171,4 +172,8 @@ def _type_problems(meta: ModelMetadata) -> list[str]:
         problems.append(f"two outputs share one index: {outputs}")
     if isinstance(meta.threshold, bool) or not isinstance(meta.threshold, (int, float)):
         problems.append(f"threshold must be a number, not {meta.threshold!r:.40}")
+    ages = meta.ages
+    if not (isinstance(ages, list) and (not ages or (len(ages) == 2 and ages != [None, None] and all(
+            a is None or (isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a < 200) for a in ages)))):
+        problems.append(f"ages must be [] or [from, below] in years (null for an open end), not {ages!r:.60}")
     return problems

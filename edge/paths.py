@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 DEFAULT_MODEL_FILE = "cxr-default.tflite"
+GATE_MODEL_FILE = "cxr-gate.tflite"  # bundled too, but it screens nothing: not a --model name
 
 
 def data_home() -> Path:
@@ -28,3 +29,24 @@ def calibration_path() -> Path:
 def default_model_path() -> Path:
     """The model bundled in the `models` package (shipped inside the wheel)."""
     return Path(str(resources.files("models").joinpath(DEFAULT_MODEL_FILE)))
+
+
+def bundled_models() -> list[str]:
+    """Names of the screening models bundled in the `models` package (cxr-default, cxr-pediatric, ...)."""
+    folder = resources.files("models")
+    return sorted(entry.name[: -len(".tflite")] for entry in folder.iterdir()
+                  if entry.name.endswith(".tflite") and entry.name != GATE_MODEL_FILE)
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """--model: a .tflite path, or the name of a bundled model (`-m cxr-pediatric`); None: the default model."""
+    if model is None:
+        return default_model_path()
+    path = Path(model)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    if path.name in bundled_models():
+        return Path(str(resources.files("models").joinpath(f"{path.name}.tflite")))
+    from .errors import CxrError, ExitCode
+    raise CxrError(f"--model {model}: no such file, and not a bundled model (bundled: {', '.join(bundled_models())})",
+                   code=ExitCode.MODEL, reason="model_not_found")

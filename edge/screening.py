@@ -16,6 +16,7 @@ from .decode import load_image
 from .errors import CxrError, ExitCode, InputRefused
 from .gate import gate_for
 from .names import one_line, shown
+from .patient_age import age_refusal
 from .preprocess import preprocess_info
 from .review.log import NOTICE
 from .runtime import TFLiteModel
@@ -105,6 +106,11 @@ def _screen(path: Path, model: TFLiteModel, threshold: float, threshold_source: 
             allow_any_view: bool, on_screened: Callable | None, data: bytes | None) -> ScreenResult:
     image = load_image(path, allow_any_view=allow_any_view, data=data)
     name = shown(path)
+    too_old_or_young = None if allow_any_view else age_refusal(name, image.info.get("patient_age"),
+                                                                model.metadata.ages, model.metadata.name)
+    if too_old_or_young:
+        return ScreenResult(name, "refused", model.identity, sha256=image.sha256, reason_code="age_out_of_range",
+                            reason=too_old_or_young, image=image.describe())
     gate = gate_for(model)
     checked = gate.check(image.pixels, name, allow_any_view=allow_any_view) if gate else None
     if checked is not None and checked.refused:

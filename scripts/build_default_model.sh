@@ -10,7 +10,7 @@ RUN=${RUN:-runs/cxr-default}
 SHIP=${SHIP:-$RUN/ship}
 DATA=${DATA:-../shared/data}
 LUNGS=${LUNGS:-runs/lungs}
-VERSION=${VERSION:-2.3.0}
+VERSION=${VERSION:-2.3.1}
 mkdir -p "$SHIP"
 
 # 0. The lung-field segmenter (small U-Net on lung-masks/, split by patient; 8 min). Its crop keeps the
@@ -116,7 +116,8 @@ data, meta = read_model_file(path)
 meta.intended_use = (INTENDED_USE + " Trained on public pediatric (Guangzhou) and adult (NIH Clinical Center, "
     "Shenzhen, TBX11K, Hannover) chest X-rays. The same recipe without the NIH adults ranked them, never seen, at "
     "AUC 0.82; on hospitals it never saw its threshold refers almost every normal film: calibrate a threshold on "
-    "your own site's images (cxr-edge calibrate) before use. See models/MODEL_CARD.md.")
+    "your own site's images (cxr-edge calibrate) before use. For ages 15 and over; children: cxr-pediatric. "
+    "See models/MODEL_CARD.md.")
 meta.training_data = {**meta.training_data, "known_limitations": [
     "on hospitals not in training the score ranks less well: the same recipe trained without NIH ranked NIH's "
     "adults (never seen) at AUC 0.82, against 0.89 for NIH's own test patients with NIH in training; later "
@@ -124,8 +125,8 @@ meta.training_data = {**meta.training_data, "known_limitations": [
     "high: at the shipped threshold almost every normal film from an unseen hospital is referred; calibrate per "
     "site",
     "later children of the training hospital (Kermany's later patients): normal vs viral pneumonia is ranked "
-    "worse than chance (AUC 0.27): their normal films are mostly called tuberculosis; do not use it to screen "
-    "children without a site calibration and a check on local films",
+    "worse than chance (AUC 0.27): their normal films are mostly called tuberculosis; it is for ages 15 and "
+    "over (a DICOM whose header gives a younger age is refused): screen children with cxr-pediatric",
     "an ensemble of three small CNNs (the mean of their logits): three classifier passes per film",
     "its convolutions were first pretrained without labels (SimCLR) on the training films of the NIH-held-out "
     "split (cxr-default 2.2.0's): no other data",
@@ -137,6 +138,7 @@ meta.training_data = {**meta.training_data, "known_limitations": [
                 "(Shenzhen/NLM), CC BY 3.0 (Hannover), research use only (TBX11K; lung masks: V7 Labs via "
                 "torchxrayvision): the model inherits the research-use restriction"}
 meta.gate = gate_identity("models/cxr-gate.tflite")
+meta.ages = [15, None]  # adults (WHO's TB CAD age); children: cxr-pediatric (scripts/build_pediatric_model.sh)
 path.write_bytes(embed_metadata(data, meta))
 PY
 

@@ -20,8 +20,9 @@ def grey_sample(path: Path = NORMAL_SAMPLE) -> np.ndarray:
 def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CR", photometric: str = "MONOCHROME2",
                 bits_stored: int = 12, view: str = "PA", body_part: str = "CHEST", slope: float = 1.0,
                 intercept: float = 0.0, window: tuple[float, float] | None = None, with_pixels: bool = True,
-                frames: int = 1, force_frames_tag: bool = False) -> Path:
-    """A real DICOM file written with pydicom, explicit VR little endian, unsigned 16-bit pixels."""
+                frames: int = 1, force_frames_tag: bool = False, tags: dict | None = None) -> Path:
+    """A real DICOM file written with pydicom, explicit VR little endian, unsigned 16-bit pixels.
+    `tags`: more attributes by keyword (PatientAge="004Y", ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -47,6 +48,8 @@ def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CR", photome
         ds.WindowCenter, ds.WindowWidth = window
     if frames > 1 or force_frames_tag:
         ds.NumberOfFrames = frames
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
     if with_pixels:
         ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
     ds.save_as(path, enforce_file_format=True)

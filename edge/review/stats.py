@@ -31,7 +31,7 @@ from rich.table import Table
 
 from ..calibration import stored_threshold
 from ..metrics import wilson_interval
-from ..paths import default_model_path
+from ..paths import bundled_models, resolve_model
 from .log import NOTICE, ReviewLog
 from .drift import KS_ALPHA, PSI_ALERT, binomial_band, histogram, ks_two_sample, psi
 from .listing import select_exams
@@ -49,17 +49,20 @@ def period_of(created_at: str, by: str) -> str:
 
 
 def model_metadata(log: ReviewLog, model_sha256: str) -> dict | None:
-    """The metadata of the model that screened, as the log kept it; else the bundled model's if it is that one."""
+    """The metadata of the model that screened, as the log kept it; else a bundled model's if it is one of them."""
     kept = log.model_metadata(model_sha256)
     if kept is not None:
         return kept
     from ..metadata import file_sha256, read_model_file
 
-    try:
-        path = default_model_path()
-        return read_model_file(path)[1].to_dict() if file_sha256(path) == model_sha256 else None
-    except Exception:  # no bundled model, unreadable: simply nothing known about it
-        return None
+    for name in bundled_models():
+        try:
+            path = resolve_model(name)
+            if file_sha256(path) == model_sha256:
+                return read_model_file(path)[1].to_dict()
+        except Exception:  # unreadable: simply nothing known about it
+            continue
+    return None
 
 
 def _model_validation_rate(meta: dict | None, threshold: float) -> tuple[float, str] | None:

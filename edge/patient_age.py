@@ -1,0 +1,58 @@
+"""A patient's age from the DICOM header, and the ages a model is for.
+
+A model may state the ages it is for in its metadata (`ages`: [from, below) in years, either end open with
+null): cxr-default is for people aged 15 and over, cxr-pediatric for children under 15. A film whose DICOM
+header gives an age outside that range is refused (`age_out_of_range`, overridable with --any-view) rather
+than given a score the model card says cannot be trusted. PNG and JPEG files carry no age: they are screened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+
+_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_DATE_TAGS = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
+
+
+def dicom_age_years(ds) -> float | None:
+    """PatientAge (AS: 034Y, 005M, 010W, 003D), else PatientBirthDate to the study's date; None if neither."""
+    text = str(ds.get("PatientAge", "") or "").strip().upper()
+    match = re.fullmatch(r"(\d{1,3})\s*([DWMY])", text)
+    if match:
+        return round(int(match[1]) * _UNIT_YEARS[match[2]], 2)
+    birth = _date(ds.get("PatientBirthDate"))
+    taken = next((d for d in (_date(ds.get(tag)) for tag in _DATE_TAGS) if d is not None), None)
+    if birth is not None and taken is not None and taken >= birth:
+        return round((taken - birth).days / 365.25, 2)
+    return None
+
+
+def _date(value) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(str(value or "").strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def describe_ages(ages) -> str:
+    low, high = (list(ages) + [None, None])[:2]
+    low = low or None  # from 0 is no lower bound
+    if low is not None and high is not None:
+        return f"ages {low:g} to under {high:g}"
+    if low is not None:
+        return f"ages {low:g} and over"
+    return f"ages under {high:g}" if high is not None else "any age"
+
+
+def age_refusal(name: str, age: float | None, ages, model_name: str) -> str | None:
+    """Why a film whose header gives `age` is refused by a model for `ages`; None when it is not."""
+    if age is None or not ages:
+        return None
+    low, high = (list(ages) + [None, None])[:2]
+    if (low is None or age >= low) and (high is None or age < high):
+        return None
+    other = "cxr-pediatric" if low else "cxr-default"
+    return (f"{name}: patient aged {age:g} y (DICOM header), and {model_name} is for {describe_ages(ages)}; "
+            f"screen it with -m {other}, or use --any-view to override")
