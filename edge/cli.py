@@ -18,7 +18,8 @@ from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
 from .inputs import expand_inputs
 from .names import shown
-from .paths import default_log_path, resolve_model
+from .patient_age import describe_ages
+from .paths import bundled_models, default_log_path, resolve_model
 from .output import batch_summary, print_results
 from .review.log import ReviewLog
 from .runtime import TFLiteModel
@@ -39,7 +40,8 @@ app = typer.Typer(
 add_version_option(app, "cxr-edge")
 
 ModelOption = typer.Option(None, "--model", "-m", envvar="CXR_EDGE_MODEL",
-                           help="A cxr-edge .tflite file, or a bundled model's name (cxr-default, cxr-pediatric). Default: cxr-default.")
+                           help="A cxr-edge .tflite file, or a bundled model's name (cxr-default, "
+                                "cxr-pediatric). Default: cxr-default.")
 LogOption = typer.Option(None, "--log", envvar="CXR_EDGE_LOG",
                          help="Review log (SQLite). Default: $CXR_EDGE_HOME/review.sqlite, else "
                               "~/.local/share/cxr-edge/review.sqlite.")
@@ -294,13 +296,16 @@ def review_stats(
 
 @app.command()
 def version() -> None:
-    """Print the cxr-edge version and the bundled model's identity."""
+    """Print the cxr-edge version and the bundled models' identities and ages."""
     typer.echo(f"cxr-edge {__version__}")
-    try:
-        tflite = load_model(None)
-        typer.echo(f"default model: {tflite.metadata.name} {tflite.metadata.version} sha256 {tflite.sha256}")
-    except CxrError as exc:
-        typer.echo(f"default model: unavailable ({exc})")
+    for name in [None] + [n for n in bundled_models() if resolve_model(n) != resolve_model(None)]:
+        label = "default model" if name is None else f"bundled model (-m {name})"
+        try:
+            tflite = load_model(name)
+            typer.echo(f"{label}: {tflite.metadata.name} {tflite.metadata.version} sha256 {tflite.sha256}, "
+                       f"{describe_ages(tflite.metadata.ages)}")
+        except CxrError as exc:
+            typer.echo(f"{label}: unavailable ({exc})")
 
 
 def main() -> None:

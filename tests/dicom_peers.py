@@ -66,7 +66,8 @@ def chest_dicom(path: Path, source: Path, *, sop_class: str = CR, study_uid: str
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient, patient_id, "20200101", "F"
+    # an adult: cxr-default is for ages 15 and over and refuses a DICOM whose header says younger (patient_age.py)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient, patient_id, "19800101", "F"
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20261124", "101500", "ACC1", "1"
     ds.ReferringPhysicianName = "REF^DOCTOR"
     ds.Modality = "CR" if sop_class == CR else "DX"

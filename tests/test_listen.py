@@ -153,14 +153,21 @@ def test_refusals_are_quarantined_with_reason_and_other_classes_refused(tmp_path
     ds = chest_dicom(lateral, chest_images()[0])
     ds.ViewPosition = "LL"
     ds.save_as(lateral, enforce_file_format=True)
+    child = tmp_path / "unit" / "child.dcm"  # a 6-year-old: cxr-default is for ages 15 and over
+    ds = chest_dicom(child, chest_images()[0])
+    ds.PatientAge = "006Y"
+    ds.save_as(child, enforce_file_format=True)
     log = tmp_path / "review.sqlite"
     listener, port = start_listener(tmp_path, MODEL)
     try:
-        stored = storescu(port, [lateral])
+        stored = storescu(port, [lateral, child])
         assert stored.returncode == 0, stored.stderr  # durably stored: Success, whatever the screening says
-        quarantined = wait_for(lambda: rows(log, "SELECT * FROM exams WHERE status = 'quarantined'"),
-                               "the lateral view to be quarantined", listener)
-        assert quarantined[0]["reason_code"] == "lateral_view" and "lateral" in quarantined[0]["reason"]
+        quarantined = wait_for(lambda: len(rows(log, "SELECT * FROM exams WHERE status = 'quarantined'")) == 2
+                               and rows(log, "SELECT * FROM exams WHERE status = 'quarantined' ORDER BY reason_code"),
+                               "the lateral view and the child to be quarantined", listener)
+        assert [q["reason_code"] for q in quarantined] == ["age_out_of_range", "lateral_view"]
+        assert "aged 6 y" in quarantined[0]["reason"] and "cxr-pediatric" in quarantined[0]["reason"]
+        assert "lateral" in quarantined[1]["reason"]
         assert list((tmp_path / "store" / "quarantine").glob("*.dcm"))  # kept, never dropped
         ct = storescu(port, [Path(get_testdata_file("CT_small.dcm"))])  # not a radiograph SOP class
         assert ct.returncode != 0
@@ -172,7 +179,7 @@ def test_refusals_are_quarantined_with_reason_and_other_classes_refused(tmp_path
         assert "Traceback" not in full.stderr
     finally:
         assert stop(listener) == 0
-    assert len(rows(log, "SELECT * FROM exams")) == 1
+    assert len(rows(log, "SELECT * FROM exams")) == 2
 
 
 def test_store_refused_with_out_of_resources_when_disk_is_nearly_full(tmp_path):

@@ -48,3 +48,11 @@ def test_an_unknown_model_name_is_one_line_naming_the_bundled_models():
     assert done.returncode == 3
     assert done.stderr.strip().count("\n") == 0
     assert "cxr-pediatrc" in done.stderr and "cxr-default, cxr-pediatric" in done.stderr
+
+
+def test_version_names_every_bundled_model_with_its_ages():
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("default model: cxr-default ") and lines[1].endswith("ages 15 and over")
+    assert lines[2].startswith("bundled model (-m cxr-pediatric): cxr-pediatric ") and lines[2].endswith("ages under 15")
