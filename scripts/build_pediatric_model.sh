@@ -59,7 +59,7 @@ path = Path(sys.argv[1])
 data, meta = read_model_file(path)
 meta.intended_use = (INTENDED_USE + " For young children only (trained on children aged 1-5 of one hospital in "
     "Guangzhou): normal against pneumonia. It does not screen adults, tuberculosis or COVID-19; use cxr-default "
-    "for them. See models/MODEL_CARD.md.")
+    "for them. See models/MODEL_CARD-pediatric.md.")
 meta.training_data = {**meta.training_data, "known_limitations": [
     "children aged 1-5 of one hospital (Guangzhou Women and Children's Medical Center): another hospital's "
     "children were never available to check it; calibrate a threshold on your own site's films",
