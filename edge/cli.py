@@ -19,7 +19,7 @@ from .errors import CxrError, ExitCode
 from .inputs import expand_inputs
 from .names import shown
 from .patient_age import describe_ages
-from .paths import bundled_models, default_log_path, resolve_model
+from .paths import DEFAULT_MODEL_FILE, bundled_models, default_log_path, resolve_model
 from .output import batch_summary, print_results
 from .review.log import ReviewLog
 from .runtime import TFLiteModel
@@ -298,7 +298,7 @@ def review_stats(
 def version() -> None:
     """Print the cxr-edge version and the bundled models' identities and ages."""
     typer.echo(f"cxr-edge {__version__}")
-    for name in [None] + [n for n in bundled_models() if resolve_model(n) != resolve_model(None)]:
+    for name in [None] + [n for n in bundled_models() if f"{n}.tflite" != DEFAULT_MODEL_FILE]:
         label = "default model" if name is None else f"bundled model (-m {name})"
         try:
             tflite = load_model(name)

@@ -26,9 +26,14 @@ def calibration_path() -> Path:
     return data_home() / "thresholds.json"
 
 
+def _bundled_file(filename: str) -> Path:
+    """A file of the `models` package (shipped inside the wheel)."""
+    return Path(str(resources.files("models").joinpath(filename)))
+
+
 def default_model_path() -> Path:
-    """The model bundled in the `models` package (shipped inside the wheel)."""
-    return Path(str(resources.files("models").joinpath(DEFAULT_MODEL_FILE)))
+    """The default model bundled in the `models` package."""
+    return _bundled_file(DEFAULT_MODEL_FILE)
 
 
 def bundled_models() -> list[str]:
@@ -46,7 +51,7 @@ def resolve_model(model: str | Path | None) -> Path:
     if path.exists() or path.suffix or len(path.parts) != 1:
         return path
     if path.name in bundled_models():
-        return Path(str(resources.files("models").joinpath(f"{path.name}.tflite")))
+        return _bundled_file(f"{path.name}.tflite")
     from .errors import CxrError, ExitCode
     raise CxrError(f"--model {model}: no such file, and not a bundled model (bundled: {', '.join(bundled_models())})",
                    code=ExitCode.MODEL, reason="model_not_found")

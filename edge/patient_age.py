@@ -9,6 +9,7 @@ than given a score the model card says cannot be trusted. PNG and JPEG files car
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 
@@ -36,23 +37,46 @@ def _date(value) -> dt.date | None:
         return None
 
 
+def covers(ages, age: float) -> bool:
+    """Whether a model's `ages` ([] or [from, below), either end None) include `age`."""
+    if not ages:
+        return True
+    low, high = ages
+    return (low is None or age >= low) and (high is None or age < high)
+
+
 def describe_ages(ages) -> str:
-    low, high = (list(ages) + [None, None])[:2]
+    if not ages:
+        return "any age"
+    low, high = ages
     low = low or None  # from 0 is no lower bound
     if low is not None and high is not None:
         return f"ages {low:g} to under {high:g}"
     if low is not None:
         return f"ages {low:g} and over"
-    return f"ages under {high:g}" if high is not None else "any age"
+    return f"ages under {high:g}"
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_ages() -> tuple[tuple[str, list], ...]:
+    """(name, ages) of each bundled model, read once, for naming the one that is for a refused film's age."""
+    from .errors import CxrError
+    from .metadata import read_model_file
+    from .paths import bundled_models, resolve_model
+
+    found = []
+    for name in bundled_models():
+        try:
+            found.append((name, read_model_file(resolve_model(name))[1].ages))
+        except CxrError:  # an unreadable bundled file is not a model to point anyone to
+            continue
+    return tuple(found)
 
 
 def age_refusal(name: str, age: float | None, ages, model_name: str) -> str | None:
     """Why a film whose header gives `age` is refused by a model for `ages`; None when it is not."""
-    if age is None or not ages:
+    if age is None or covers(ages, age):
         return None
-    low, high = (list(ages) + [None, None])[:2]
-    if (low is None or age >= low) and (high is None or age < high):
-        return None
-    other = "cxr-pediatric" if low else "cxr-default"
-    return (f"{name}: patient aged {age:g} y (DICOM header), and {model_name} is for {describe_ages(ages)}; "
-            f"screen it with -m {other}, or use --any-view to override")
+    other = next((n for n, a in _bundled_ages() if n != model_name and covers(a, age)), None)
+    advice = f"screen it with -m {other}, or use --any-view to override" if other else "use --any-view to override"
+    return f"{name}: patient aged {age:g} y (DICOM header), and {model_name} is for {describe_ages(ages)}; {advice}"
