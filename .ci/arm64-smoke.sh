@@ -101,6 +101,16 @@ write_dicom(Path(\"/tmp/sample.dcm\"), to_bits(grey_sample(PNEUMONIA_SAMPLE), 12
 out=$(as_pi '.venv/bin/cxr-edge screen /tmp/sample.dcm --json --no-log') || { echo "$out"; fail "screening a DICOM failed"; }
 echo "$out"
 echo "$out" | grep -q '"status": "screened"' || fail "the DICOM was not screened"
+echo "-- arm64: a mixed-age station (--by-age): a 6-year-old's DICOM goes to cxr-pediatric"
+as_pi '.venv/bin/python -c "
+import sys; from pathlib import Path; sys.path.insert(0, \"tests\")
+from images import PNEUMONIA_SAMPLE, grey_sample, to_bits, write_dicom
+write_dicom(Path(\"/tmp/child.dcm\"), to_bits(grey_sample(PNEUMONIA_SAMPLE), 12), tags={\"PatientAge\": \"006Y\"})
+"' || fail "could not write the child's DICOM"
+out=$(as_pi '.venv/bin/cxr-edge screen /tmp/child.dcm /tmp/sample.dcm --by-age --json --no-log') \
+    || { echo "$out"; fail "screening --by-age failed"; }
+echo "$out"
+echo "$out" | head -1 | grep -q '"name": "cxr-pediatric"' || fail "the child's DICOM did not go to cxr-pediatric"
 echo "-- arm64: docs/watch.md install steps 1 and 2, as written, as root in the clone"
 steps=$(awk '/^## Running as a service/{q=1} q&&/^# 1\./{p=1} q&&/^# 3\./{exit} p' docs/watch.md)
 [ -n "$steps" ] || fail "could not find docs/watch.md's install steps"

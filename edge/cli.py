@@ -12,7 +12,6 @@ from typing import List, Optional
 import typer
 
 from . import __version__
-from .calibration import resolve_threshold
 from .cli_common import add_version_option, run_cli
 from .cli_thresholds import thresholds_app
 from .errors import CxrError, ExitCode
@@ -22,10 +21,10 @@ from .patient_age import describe_ages
 from .paths import DEFAULT_MODEL_FILE, bundled_models, default_log_path, resolve_model
 from .output import batch_summary, print_results
 from .review.log import ReviewLog
+from .routing import Routes, load_routes
 from .runtime import TFLiteModel
 from .review.images import review_images
 from .review.screen_log import earlier_result, json_record, marked, read_for_screening, record_result
-from .screening import screen_file
 from .station import commands as station_commands
 from .station.commands import ForwardOption
 from . import cli_eval as eval_commands
@@ -53,6 +52,10 @@ DelegateOption = typer.Option("cpu", "--delegate", help="cpu, or edgetpu for a C
 ThreadsOption = typer.Option(None, "--threads", min=1, help="Interpreter threads (default: all).")
 SinceOption = typer.Option(None, "--since", help="Only exams logged since: an age (30m, 12h, 7d) or an ISO "
                                                  "date/time (local time unless an offset is given).")
+ByAgeOption = typer.Option(False, "--by-age", envvar="CXR_EDGE_BY_AGE",
+                            help="Screen each DICOM with the bundled model for its patient's age "
+                                 "(header): cxr-default 15 and over, cxr-pediatric under 15. Films "
+                                 "without an age go to --model. Each model keeps its own threshold.")
 AnyViewOption = typer.Option(False, "--any-view",
                              help="Score DICOMs that would be refused (non-CR/DX/DR modality, lateral view, a "
                                   "patient age outside the model's) and images the input gate refuses (it still "
@@ -79,20 +82,21 @@ def screen(
     delegate: str = DelegateOption,
     threads: Optional[int] = ThreadsOption,
     any_view: bool = AnyViewOption,
+    by_age: bool = ByAgeOption,
 ) -> None:
     """Screen images: refer (needs a doctor's review) or normal, with class probabilities."""
-    tflite = load_model(model, delegate, threads)
-    cutoff, source = resolve_threshold(tflite, threshold)
+    routes = load_routes(model, threshold, by_age=by_age, delegate=delegate, threads=threads)
     review_log = None if no_log else ReviewLog(log_path(log))
     if review_log is not None:
-        review_log.remember_model(tflite)
+        for tflite in routes.models:
+            review_log.remember_model(tflite)
     results, listed = [], []
     files, skipped = expand_inputs(images)
     if skipped:
         names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         sys.stderr.write(f"cxr-edge: skipped {len(skipped)} file(s) in the folder(s) that are not images: {names}\n")
     for path in files:
-        result, exam_id, earlier = _screen_one(path, tflite, cutoff, source, any_view, review_log)
+        result, exam_id, earlier = _screen_one(path, routes, any_view, review_log)
         if not result.ok:
             sys.stderr.write(f"cxr-edge: {result.status}: {result.reason}\n")
         if as_json:
@@ -101,7 +105,7 @@ def screen(
         results.append(result)
         listed.append(marked(result, earlier) if earlier else result)
     if not as_json:
-        print_results(listed, tflite, cutoff, source)
+        print_results(listed, routes)
     if len(results) > 1 or skipped:
         summary = batch_summary(results, skipped)
         (sys.stderr if as_json else sys.stdout).write(summary + "\n")
@@ -111,20 +115,20 @@ def screen(
         raise typer.Exit(ExitCode.INPUT_NOT_SCREENED)
 
 
-def _screen_one(path: Path, tflite: TFLiteModel, cutoff: float, source: str, any_view: bool,
-                review_log: Optional[ReviewLog]):
-    """(result, exam id or None, the earlier exam row when this image was already screened with this model)."""
+def _screen_one(path: Path, routes: Routes, any_view: bool, review_log: Optional[ReviewLog]):
+    """(result, exam id or None, the earlier exam row when this image was already screened with one of these
+    models)."""
     if review_log is None:  # --no-log: neither read nor write the log, keep no image
-        return screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view), None, None
+        return routes.screen(path, allow_any_view=any_view), None, None
     data, sha256 = read_for_screening(path)
-    earlier = earlier_result(review_log, path, sha256, tflite)
+    earlier = next(filter(None, (earlier_result(review_log, path, sha256, m) for m in routes.models)), None)
     if earlier is not None:
         result, row = earlier
         sys.stderr.write(f"cxr-edge: {shown(path)}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
-                         "with this model; showing that result, not logging it again\n")
+                         f"with {row['model_name']} {row['model_version']}; showing that result, not logging it "
+                         "again\n")
         return result, row["id"], row
-    result = screen_file(path, tflite, cutoff, threshold_source=source, allow_any_view=any_view,
-                         on_screened=review_images, data=data)
+    result = routes.screen(path, allow_any_view=any_view, on_screened=review_images, data=data)
     return result, record_result(review_log, result, "screen"), None
 
 
@@ -171,27 +175,27 @@ def watch(
     delegate: str = DelegateOption,
     threads: Optional[int] = ThreadsOption,
     any_view: bool = AnyViewOption,
+    by_age: bool = ByAgeOption,
 ) -> None:
     """Screen every new exam written into FOLDER, exactly once, into the review log (stop: Ctrl-C or SIGTERM)."""
     from .station.watch import WatchOptions, absolute, run_watch
 
-    tflite = load_model(model, delegate, threads)
-    cutoff, source = resolve_threshold(tflite, threshold)
+    routes = load_routes(model, threshold, by_age=by_age, delegate=delegate, threads=threads)
     options = WatchOptions(
-        folder=absolute(folder), log=log_path(log), threshold=cutoff, threshold_source=source, poll=poll,
+        folder=absolute(folder), log=log_path(log), poll=poll,
         poll_interval=poll_interval, settle=settle, retries=retries, retry_delay=retry_delay, rescan=rescan,
         queue_size=queue_size, move_done=absolute(move_done), move_failed=absolute(move_failed),
         log_file=log_file, allow_any_view=any_view, once=once, incomplete_wait=incomplete_wait,
         write_timeout=write_timeout, rescreen_failed=rescreen_failed)
     from .station.forwarder import forwarding, parse_destination
 
-    with forwarding(parse_destination(forward) if forward else None, options.log, tflite,
+    with forwarding(parse_destination(forward) if forward else None, options.log, routes.models,
                     moved=(options.folder, options.move_done) if options.move_done else None):
-        raise typer.Exit(run_watch(options, tflite))
+        raise typer.Exit(run_watch(options, routes))
 
 
 station_commands.register(app, model_option=ModelOption, log_option=LogOption, threshold_option=ThresholdOption,
-                          delegate_option=DelegateOption, threads_option=ThreadsOption)
+                          delegate_option=DelegateOption, threads_option=ThreadsOption, by_age_option=ByAgeOption)
 
 app.add_typer(thresholds_app, name="thresholds")
 review_app = typer.Typer(help="Read the review log as a remote doctor: list, export a bundle, record verdicts.",
@@ -278,6 +282,9 @@ def review_stats(
     since: Optional[str] = SinceOption,
     by: str = typer.Option("day", "--by", help="Period: day or week (UTC)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Only the exams of this model (its name, "
+                                        "or its sha256's first 6+ characters): one model's rates and drift "
+                                        "at a station screening --by-age."),
     log: Optional[Path] = LogOption,
 ) -> None:
     """Programme monitoring: exams, referral rate against its expected band, refusals by reason, agreement
@@ -287,7 +294,7 @@ def review_stats(
     if by not in ("day", "week"):
         raise CxrError(f"--by must be day or week, not {by!r}", code=ExitCode.USAGE, reason="bad_option")
     with ReviewLog(log_path(log), create=False) as review_log:
-        stats = programme_stats(review_log, since=since, by=by)
+        stats = programme_stats(review_log, since=since, by=by, model=model)
     if as_json:
         typer.echo(json.dumps(stats, sort_keys=True))
     else:

@@ -6,31 +6,37 @@ from rich.console import Console
 from rich.table import Table
 from rich.markup import escape
 
+from .patient_age import describe_ages
 from .review.log import NOTICE
 
 
-def print_results(results, model, threshold: float, threshold_source: str) -> None:
+def print_results(results, routes) -> None:
     """A table when it fits the terminal; else one line per image with the file name last and never
-    wrapped by us (probabilities are then in --json only)."""
+    wrapped by us (probabilities are then in --json only). Then the model(s) and threshold(s) used
+    (routes: edge.routing.Routes)."""
     from rich.measure import Measurement
 
     console = Console()
     table = Table(title="cxr-edge screening", title_justify="left")
     table.add_column("File", no_wrap=True)
-    for column in ("Decision", "Abnormality", "Top class", "Probabilities", "ms"):
+    columns = ("Decision", "Abnormality", "Top class", "Probabilities", "ms") + (("Model",) if routes.by_age else ())
+    for column in columns:
         table.add_column(column, justify="right" if column in ("Abnormality", "ms") else "left", no_wrap=True)
     lines = []
     for r in results:
+        by = (escape(r.model["name"]),) if routes.by_age else ()  # which model screened (or refused) it
         if r.ok:
             d = r.decision
             style = "bold red" if d.decision == "refer" else "green"
             probs = "  ".join(f"{k} {v:.3f}" for k, v in d.probabilities.items())
             cells = (f"[{style}]{d.decision}[/]", f"{d.abnormality:.3f}", d.top_class, probs, f"{r.latency_ms:.1f}")
-            lines.append(f"[{style}]{d.decision:<8}[/] {d.abnormality:.3f}  {d.top_class:<12} {escape(r.file)}")
+            lines.append(f"[{style}]{d.decision:<8}[/] {d.abnormality:.3f}  {d.top_class:<12} {' '.join(by + ('',))}"
+                         f"{escape(r.file)}")
         else:
             cells = (f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
-            lines.append(f"[yellow]{r.status:<8}[/] {'':5}  {escape(r.reason_code or ''):<12} {escape(r.file)}")
-        table.add_row(escape(r.file), *cells)
+            lines.append(f"[yellow]{r.status:<8}[/] {'':5}  {escape(r.reason_code or ''):<12} {' '.join(by + ('',))}"
+                         f"{escape(r.file)}")
+        table.add_row(escape(r.file), *cells, *by)
     if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
         console.print(table)
     else:
@@ -38,10 +44,18 @@ def print_results(results, model, threshold: float, threshold_source: str) -> No
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
     _print_image_notes(console, results)
-    meta = model.metadata
-    console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}), "
-                  f"threshold {threshold:.3f} from {threshold_source}. {NOTICE.capitalize()}.",
-                  highlight=False)
+    for route in routes.routes:
+        meta, model = route.model.metadata, route.model
+        used = ""
+        if routes.by_age:  # which films each model screened is in every row's model (--json, the log)
+            count = sum(1 for r in results if r.ok and r.model["sha256"] == model.sha256)
+            used = f" for {describe_ages(meta.ages)}: {count} screened;"
+        console.print(f"model {escape(meta.name)} {escape(meta.version)} (sha256 {model.sha256[:12]}),{used} "
+                      f"threshold {route.threshold:.3f} from {route.threshold_source}."
+                      + ("" if routes.by_age else f" {NOTICE.capitalize()}."), highlight=False)
+    if routes.by_age:
+        console.print(f"Each film went to the model for its patient's age (DICOM header); films without an age "
+                      f"to {routes.primary.model.metadata.name}. {NOTICE.capitalize()}.", highlight=False)
 
 
 def _print_image_notes(console: Console, results) -> None:

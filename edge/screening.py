@@ -81,14 +81,16 @@ class ScreenResult:
 
 def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, threshold_source: str = "",
                 allow_any_view: bool = False, on_screened: Callable | None = None,
-                data: bytes | None = None) -> ScreenResult:
+                data: bytes | None = None, routes=None) -> ScreenResult:
     """on_screened(decoded image, model input, prediction, decision, metadata, crop), called for a screened
     image (crop: preprocess_info's {"crop", "box"}, so a heatmap is placed without cropping the film again);
     what it returns is kept as `review_images` (edge.review.images.review_images: the film and heatmap).
     `data`: the file's bytes, when the caller has read them already (then the file is not read again).
+    `routes` (edge.routing.Routes, --by-age): once the file is decoded, the model (with its threshold) for the
+    patient's age in the DICOM header replaces `model`; refusals before that name `model`.
     Never raises for a problem with this one file: a bug on an odd file becomes `internal_error`."""
     try:
-        return _screen(Path(path), model, threshold, threshold_source, allow_any_view, on_screened, data)
+        return _screen(Path(path), model, threshold, threshold_source, allow_any_view, on_screened, data, routes)
     except CxrError as exc:
         if exc.code != ExitCode.INPUT_NOT_SCREENED:  # the model or the station itself: not this file's fault
             raise
@@ -103,9 +105,12 @@ def screen_file(path: str | Path, model: TFLiteModel, threshold: float, *, thres
 
 
 def _screen(path: Path, model: TFLiteModel, threshold: float, threshold_source: str,
-            allow_any_view: bool, on_screened: Callable | None, data: bytes | None) -> ScreenResult:
+            allow_any_view: bool, on_screened: Callable | None, data: bytes | None, routes) -> ScreenResult:
     image = load_image(path, allow_any_view=allow_any_view, data=data)
     name = shown(path)
+    if routes is not None:
+        route = routes.for_age(image.info.get("patient_age"))
+        model, threshold, threshold_source = route.model, route.threshold, route.threshold_source
     too_old_or_young = None if allow_any_view else age_refusal(name, image.info.get("patient_age"),
                                                                 model.metadata.ages, model.metadata.name)
     if too_old_or_young:

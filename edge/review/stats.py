@@ -14,7 +14,8 @@ monitoring the proportion flagged and the agreement with human readers after loc
 - Score drift: the abnormality scores of each period against those of the first period with at
   least MIN_DRIFT screened exams (the baseline): two-sample Kolmogorov-Smirnov test (flagged when
   p < 0.01) and the population stability index (flagged above 0.25). Only exams of the latest model
-  count; a change of model is itself reported.
+  count; a change of model is itself reported. A station screening by age (--by-age) logs two models
+  side by side: `--model NAME` gives each its own rates, band and drift.
 - Agreement: the latest verdict of each screened exam. agree with refer = doctor abnormal, disagree with
   refer = doctor normal, agree with normal = doctor normal, disagree with normal = doctor abnormal. So
   sensitivity and specificity are measured against the doctors' verdicts, on the exams they reviewed,
@@ -30,6 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..calibration import stored_threshold
+from ..errors import CxrError, ExitCode
 from ..metrics import wilson_interval
 from ..paths import bundled_models, resolve_model
 from .log import NOTICE, ReviewLog
@@ -132,8 +134,11 @@ def _period_row(name: str, exams: list[dict], expected: dict | None) -> dict:
     return row
 
 
-def programme_stats(log: ReviewLog, *, since: str | None = None, by: str = "day") -> dict:
+def programme_stats(log: ReviewLog, *, since: str | None = None, by: str = "day", model: str | None = None) -> dict:
+    """model: only the exams of the model with this name, or whose sha256 starts with this (6+ characters)."""
     exams = select_exams(log, since=since)
+    if model is not None:
+        exams = _of_model(exams, model)
     screened = [e for e in exams if e["status"] == "screened"]
     latest = screened[-1] if screened else None
     models = list({e["model"]["sha256"]: e["model"] for e in screened}.values())
@@ -150,10 +155,12 @@ def programme_stats(log: ReviewLog, *, since: str | None = None, by: str = "day"
     alerts += [f"{d['period']}: score distribution shifted from {d['baseline']} (KS D {d['ks_d']:.3f}, "
                f"p {d['ks_p']:.2g}; PSI {d['psi']:.3f})" for d in drift["periods"] if d["alert"]]
     if len(models) > 1:
+        names = " ".join(sorted({m["name"] for m in models}))
         alerts.append(f"{len(models)} models screened these exams: rates and scores of different models are "
-                      "not comparable; drift is measured on the latest model only")
+                      f"not comparable; drift is measured on the latest model only (each model: --model NAME, "
+                      f"of {names})")
     scores = [e["abnormality"] for e in screened if latest and e["model"]["sha256"] == latest["model"]["sha256"]]
-    return {"by": by, "since": since, "exams": len(exams), "screened": len(screened),
+    return {"by": by, "since": since, "model_filter": model, "exams": len(exams), "screened": len(screened),
             "referred": sum(e["decision"] == "refer" for e in screened),
             "expected_referral_rate": expected, "periods": periods, "total": _period_row("total", exams, expected),
             "agreement": agreement(exams), "score_drift": drift, "score_histogram": histogram(scores),
@@ -161,6 +168,18 @@ def programme_stats(log: ReviewLog, *, since: str | None = None, by: str = "day"
             "method": "band: central 99% of Binomial(screened, expected rate); drift: two-sample KS p < "
                       f"{KS_ALPHA} or PSI > {PSI_ALERT} against the first period with >= {MIN_DRIFT} "
                       "screened exams of the latest model"}
+
+
+def _of_model(exams: list[dict], model: str) -> list[dict]:
+    def match(m: dict) -> bool:
+        return m["name"] == model or (len(model) >= 6 and m["sha256"].startswith(model.lower()))
+
+    chosen = [e for e in exams if match(e["model"])]
+    if not chosen and exams:
+        seen = ", ".join(sorted({f"{e['model']['name']} ({e['model']['sha256'][:12]})" for e in exams}))
+        raise CxrError(f"--model {model}: no exam in this period was screened by a model of that name or sha256 "
+                       f"(models here: {seen})", code=ExitCode.USAGE, reason="bad_option")
+    return chosen
 
 
 def _score_drift(periods: list[dict], groups: dict, latest: dict | None) -> dict:
@@ -194,7 +213,8 @@ def _rate(value) -> str:
 
 def print_stats(stats: dict) -> None:
     console = Console()
-    table = Table(title=f"cxr-edge programme statistics per {stats['by']}", title_justify="left")
+    only = f" for model {stats['model_filter']}" if stats.get("model_filter") else ""
+    table = Table(title=f"cxr-edge programme statistics per {stats['by']}{only}", title_justify="left")
     for column in ("Period", "Exams", "Screened", "Referred", "Rate", "Band", "Verdicts", "KS p", "Alert"):
         table.add_column(column, justify="left" if column in ("Period", "Alert") else "right",
                          no_wrap=column in ("Period", "Rate", "Band", "KS p"))

@@ -17,7 +17,8 @@ ForwardOption = typer.Option(None, "--forward", help="Send each screened exam's 
                              "Capture to this PACS node, AE@host:port (kept in the outbox until it answers).")
 
 
-def register(app: typer.Typer, *, model_option, log_option, threshold_option, delegate_option, threads_option) -> None:
+def register(app: typer.Typer, *, model_option, log_option, threshold_option, delegate_option, threads_option,
+             by_age_option) -> None:
     @app.command()
     def listen(
         port: int = typer.Option(11112, "--port", min=1, max=65535, help="TCP port the X-ray unit sends to."),
@@ -42,30 +43,29 @@ def register(app: typer.Typer, *, model_option, log_option, threshold_option, de
         quiet: bool = typer.Option(False, "--quiet", help="No line per received instance."),
         delegate: str = delegate_option,
         threads: Optional[int] = threads_option,
+        by_age: bool = by_age_option,
     ) -> None:
         """Receive exams from the X-ray unit as a DICOM node (C-STORE, C-ECHO) and screen each one exactly
         once into the review log; optionally send the results to the PACS (stop: Ctrl-C or SIGTERM)."""
-        from ..calibration import resolve_threshold
-        from ..cli import load_model, log_path
+        from ..cli import log_path
         from ..paths import data_home
         from .forwarder import parse_destination, valid_ae_title
         from .listen import ListenOptions, run_listen
         from .receiver import ReceiverOptions
+        from ..routing import load_routes
 
         for option, name in [("--ae-title", ae_title)] + [("--allow-ae", n) for n in allow_ae or []]:
             if not valid_ae_title(name):
                 raise CxrError(f"{option} {name!r}: an AE title is 1 to 16 printable ASCII characters",
                                code=ExitCode.USAGE, reason="bad_option")
         destination = parse_destination(forward) if forward else None
-        tflite = load_model(model, delegate, threads)
-        cutoff, source = resolve_threshold(tflite, threshold)
+        routes = load_routes(model, threshold, by_age=by_age, delegate=delegate, threads=threads)
         options = ListenOptions(
             receiver=ReceiverOptions(incoming=Path(), port=port, ae_title=ae_title, bind=bind,
                                      allow_ae=list(allow_ae or []), min_free_bytes=min_free_mb * 2**20),
-            store=(store or data_home() / "dicom").absolute(), log=log_path(log), threshold=cutoff,
-            threshold_source=source, forward=destination, forward_first_delay=forward_retry,
+            store=(store or data_home() / "dicom").absolute(), log=log_path(log), forward=destination, forward_first_delay=forward_retry,
             forward_max_delay=max(forward_retry, forward_retry_max), log_file=log_file, quiet=quiet)
-        raise typer.Exit(run_listen(options, tflite))
+        raise typer.Exit(run_listen(options, routes))
 
     outbox_app = typer.Typer(help="DICOM results waiting for, or delivered to, the PACS (--forward).",
                              no_args_is_help=True)

@@ -19,8 +19,8 @@ from ..decode_header import regular_file_size
 from ..errors import CxrError
 from ..names import one_line, shown
 from ..review.images import review_images
-from ..runtime import TFLiteModel
-from ..screening import ScreenResult, screen_file
+from ..routing import Routes
+from ..screening import ScreenResult
 from .files import Pending, is_regular
 from .move import move_into
 from .store import WatchStore
@@ -65,12 +65,12 @@ def _read_hash(path: Path, stop: threading.Event | None = None) -> tuple[str, in
 class ExamProcessor:
     """Handles one ready file: returns an outcome (see status.OUTCOMES) and a line for the operator."""
 
-    def __init__(self, options, model: TFLiteModel, log, pending: Pending, stop: threading.Event | None = None,
+    def __init__(self, options, routes: Routes, log, pending: Pending, stop: threading.Event | None = None,
                  warn=lambda message: None):
         self.options = options
         self.warn = warn
         self.move_failures: dict[Path, int] = {}
-        self.model = model
+        self.routes = routes
         self.log = log
         self.store = WatchStore(log)
         self.pending = pending
@@ -91,7 +91,8 @@ class ExamProcessor:
             return ("gone", "", None) if not path.exists() else ("changed", "", None)
         sha256, size, mtime_ns = read
         stat = (path, size, mtime_ns)
-        known = self.store.known(sha256, self.model.sha256)  # also an exam `screen` recorded with this model
+        # also an exam `screen` recorded with one of these models
+        known = self.store.known(sha256, [m.sha256 for m in self.routes.models])
         if known is not None:
             return self._known(path, sha256, stat, known)
         result = self._screen(path, sha256)
@@ -125,12 +126,10 @@ class ExamProcessor:
 
     def _screen(self, path: Path, sha256: str) -> ScreenResult:
         try:
-            return screen_file(path, self.model, self.options.threshold,
-                               threshold_source=self.options.threshold_source,
-                               allow_any_view=self.options.allow_any_view, on_screened=review_images)
+            return self.routes.screen(path, allow_any_view=self.options.allow_any_view, on_screened=review_images)
         except Exception as exc:  # a bug on one odd file must not stop (and crash-loop) the watcher
             logging.getLogger("cxr-edge.station.watch").exception("unexpected error while screening %s", shown(path))
-            return ScreenResult(shown(path), "failed", self.model.identity, sha256=sha256,
+            return ScreenResult(shown(path), "failed", self.routes.primary.model.identity, sha256=sha256,
                                 reason_code="internal_error",
                                 reason=f"{shown(path)}: unexpected error while screening ({type(exc).__name__}: "
                                        f"{one_line(exc)}); please report this as a cxr-edge bug")

@@ -67,17 +67,18 @@ def say(line: str) -> None:
 
 
 class Forwarder(threading.Thread):
-    def __init__(self, log_path: Path, destination: Destination, model_path: Path, *, calling_ae: str = "CXREDGE",
+    def __init__(self, log_path: Path, destination: Destination, models: dict[str, Path], *, calling_ae: str = "CXREDGE",
                  first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY,
                  poll: float = 1.0, timeout: float = 30.0, busy=None, moved: tuple[Path, Path] | None = None):
         super().__init__(name="cxr-edge-forward", daemon=True)
-        self.log_path, self.destination, self.model_path = log_path, destination, model_path
+        # sha256 -> file of each model the station screens with (--by-age: several); each loaded when first needed
+        self.log_path, self.destination, self.model_paths = log_path, destination, models
         self.calling_ae, self.first_delay, self.max_delay = calling_ae, first_delay, max_delay
         self.poll, self.timeout = poll, timeout
         self.busy = busy  # () -> True while exams wait to be screened: building waits, screening goes first
         self.moved = moved  # (watched folder, --move-done folder): where a screened original may have gone
         self.stop_event = threading.Event()
-        self.model = None
+        self.loaded: dict = {}
         self.missing: dict[int, int] = {}
         log = outbox.open_outbox(ReviewLog(log_path))
         try:
@@ -162,15 +163,19 @@ class Forwarder(threading.Thread):
         from ..screening import screen_file
         from .results import banner_text, build_sc, build_sr, overlay_picture
 
-        if self.model is None:
-            self.model = TFLiteModel(self.model_path, threads=1)
-        if exam["model_sha256"] != self.model.sha256:
+        path = self.model_paths.get(exam["model_sha256"])
+        if path is None:
+            running = ", ".join(sha[:12] for sha in self.model_paths)
             raise CxrError(f"exam {exam['id']} was screened by model sha256 {exam['model_sha256'][:12]}, not by "
-                           f"the running model {self.model.sha256[:12]}; results not built", reason="model_changed")
-        meta = self.model.metadata
-        # The screening path once more, keeping the decoded film and the model's outputs (its checks passed
-        # when the exam was screened, hence allow_any_view); the SR reports the logged scores.
-        again = screen_file(source, self.model, exam["threshold"], allow_any_view=True,
+                           f"the running model {running}; results not built", reason="model_changed")
+        if path not in self.loaded:
+            self.loaded[path] = TFLiteModel(path, threads=1)
+        model = self.loaded[path]
+        meta = model.metadata
+        # The screening path once more with the model that screened it, keeping the decoded film and the
+        # model's outputs (its checks passed when the exam was screened, hence allow_any_view); the SR reports
+        # the logged scores.
+        again = screen_file(source, model, exam["threshold"], allow_any_view=True,
                             on_screened=lambda image, tensor, prediction, decision, metadata, crop:
                             (image, prediction, crop))
         if not again.ok or again.review_images is None:
@@ -204,14 +209,15 @@ class Forwarder(threading.Thread):
 
 
 @contextmanager
-def forwarding(destination: Destination | None, log: Path, model, *, calling_ae: str = "CXREDGE",
+def forwarding(destination: Destination | None, log: Path, models, *, calling_ae: str = "CXREDGE",
                first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY, busy=None,
                moved: tuple[Path, Path] | None = None):
-    """Run the outbox worker for the duration of the block (nothing when destination is None)."""
+    """Run the outbox worker for the duration of the block (nothing when destination is None).
+    models: the TFLiteModels the station screens with."""
     if destination is None:
         yield None
         return
-    worker = Forwarder(log, destination, model.path, calling_ae=calling_ae, first_delay=first_delay,
+    worker = Forwarder(log, destination, {m.sha256: m.path for m in models}, calling_ae=calling_ae, first_delay=first_delay,
                        max_delay=max_delay, busy=busy, moved=moved)
     worker.start()
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CxrError, ExitCode
-from ..runtime import TFLiteModel
+from ..routing import Routes
 from .watch import WatchOptions, run_watch
 from . import outbox
 from .forwarder import Destination, forwarding
@@ -30,8 +30,6 @@ class ListenOptions:
     receiver: ReceiverOptions
     store: Path
     log: Path
-    threshold: float
-    threshold_source: str
     forward: Destination | None = None
     forward_first_delay: float = outbox.FIRST_DELAY
     forward_max_delay: float = outbox.MAX_DELAY
@@ -54,7 +52,7 @@ def _waiting(incoming: Path) -> bool:
         return False
 
 
-def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
+def run_listen(options: ListenOptions, routes: Routes) -> int:
     store = options.store
     incoming = store / "incoming"
     try:
@@ -65,12 +63,11 @@ def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
                        reason="store_unwritable") from None
     options.receiver.incoming = incoming
     watch_options = WatchOptions(
-        folder=incoming, log=options.log, threshold=options.threshold, threshold_source=options.threshold_source,
-        settle=0.5, retries=1,  # files arrive complete (renamed into place): a failure will not heal
+        folder=incoming, log=options.log, settle=0.5, retries=1,  # files arrive complete (renamed into place): a failure will not heal
         move_done=store / "screened", move_failed=store / "quarantine", log_file=options.log_file, live=False, source="listen")
     say = (lambda line: None) if options.quiet else _line("listen")
     receiver = Receiver(options.receiver, say=say, warn=_line("listen"))
-    with forwarding(options.forward, options.log, model, calling_ae=options.receiver.ae_title,
+    with forwarding(options.forward, options.log, routes.models, calling_ae=options.receiver.ae_title,
                     first_delay=options.forward_first_delay, max_delay=options.forward_max_delay,
                     busy=lambda: _waiting(incoming), moved=(incoming, store / "screened")):
         try:
@@ -84,6 +81,6 @@ def run_listen(options: ListenOptions, model: TFLiteModel) -> int:
                         f" (allowed calling AE titles: {', '.join(options.receiver.allow_ae) or 'any'}); "
                         f"store {store}; results to {options.forward or 'nowhere (no --forward)'}")
         try:
-            return run_watch(watch_options, model)
+            return run_watch(watch_options, routes)
         finally:
             receiver.stop()

@@ -47,10 +47,10 @@ class Counters:
 
 
 class StatusReporter:
-    def __init__(self, model_identity: dict, folder: str, *, log_file: str | None = None,
+    def __init__(self, routes, folder: str, *, log_file: str | None = None,
                  live: bool | None = None, queue_length=lambda: 0):
         self.counters = Counters()
-        self.model = model_identity
+        self.routes = routes  # edge.routing.Routes: the model(s) screening, with their thresholds
         self.folder = folder
         self.queue_length = queue_length
         self.live_enabled = sys.stdout.isatty() if live is None else live
@@ -70,10 +70,9 @@ class StatusReporter:
         self.live: Live | None = None
 
     # -- lifecycle
-    def start(self, threshold: float, threshold_source: str, poll: bool) -> None:
-        m = self.model
-        line = (f"watching {self.folder} ({'polling' if poll else 'inotify'}); model {m['name']} {m['version']} "
-                f"sha256 {m['sha256'][:12]}; threshold {threshold:.3f} from {threshold_source}; {NOTICE}")
+    def start(self, poll: bool) -> None:
+        line = (f"watching {self.folder} ({'polling' if poll else 'inotify'}); {self.routes.describe()}; "
+                f"{NOTICE}")
         self.info(line)
         if self.live_enabled:
             self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
@@ -161,6 +160,6 @@ class StatusReporter:
         with self.lock:
             for line in self.recent:
                 table.add_row("", line if line.startswith("[yellow]") else escape(line))
-        m = self.model
-        table.caption = f"model {escape(m['name'])} {escape(m['version'])} ({m['sha256'][:12]}). {NOTICE}."
+        models = " + ".join(f"{m.metadata.name} {m.metadata.version} ({m.sha256[:12]})" for m in self.routes.models)
+        table.caption = f"model {escape(models)}{' by age' if self.routes.by_age else ''}. {NOTICE}."
         return table

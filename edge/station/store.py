@@ -38,16 +38,17 @@ class WatchStore:
                                   (shown(path), size, mtime_ns)).fetchone()
         return row[0] if row else None
 
-    def known(self, sha256: str, model_sha256: str | None = None) -> KnownContent | None:
-        """The exam this content was recorded as; with model_sha256, also an exam `cxr-edge screen` recorded
-        for the same image with the same model (then this file is a duplicate of it, not a new exam)."""
+    def known(self, sha256: str, model_sha256s: list[str] = ()) -> KnownContent | None:
+        """The exam this content was recorded as; with model_sha256s, also an exam `cxr-edge screen` recorded
+        for the same image with one of these models (then this file is a duplicate of it, not a new exam)."""
         row = self.log.db.execute(
             "SELECT h.exam_id, e.file, e.status, h.moved_to FROM watch_hashes h JOIN exams e ON e.id = h.exam_id "
             "WHERE h.sha256 = ?", (sha256,)).fetchone()
-        if row is None and model_sha256:
+        if row is None and model_sha256s:
             row = self.log.db.execute(
-                "SELECT id, file, status, NULL FROM exams WHERE sha256 = ? AND model_sha256 = ? AND status = "
-                "'screened' ORDER BY id LIMIT 1", (sha256, model_sha256)).fetchone()
+                "SELECT id, file, status, NULL FROM exams WHERE sha256 = ? AND model_sha256 IN "
+                f"({', '.join('?' * len(model_sha256s))}) AND status = 'screened' ORDER BY id LIMIT 1",
+                (sha256, *model_sha256s)).fetchone()
         return KnownContent(row[0], row[1], row[2], row[3]) if row else None
 
     def record_exam(self, row: dict, sha256: str, stat: tuple[Path, int, int],

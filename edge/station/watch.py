@@ -29,7 +29,7 @@ from watchdog.observers.polling import PollingObserver
 from ..errors import CxrError, ExitCode
 from ..names import one_line, shown
 from ..review.log import ReviewLog
-from ..runtime import TFLiteModel
+from ..routing import Routes
 from .exam import SOURCE, ExamProcessor, stat_signature
 from .files import FolderEvents, Pending, walk_candidates
 from .move import check_move_target
@@ -41,8 +41,6 @@ from .store import WatchStore
 class WatchOptions:
     folder: Path
     log: Path
-    threshold: float
-    threshold_source: str
     poll: bool = False
     poll_interval: float = 1.0
     settle: float = 0.5  # seconds a file's size and mtime must stay unchanged
@@ -65,20 +63,21 @@ class WatchOptions:
 
 
 class Watcher:
-    def __init__(self, options: WatchOptions, model: TFLiteModel):
+    def __init__(self, options: WatchOptions, routes: Routes):
         self.options = options
-        self.model = model
+        self.routes = routes
         self.stop = threading.Event()
         self.scan_now = threading.Event()
         self.pending = Pending(options.settle, options.pending_limit, options.write_timeout)
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=options.queue_size)
         self.excluded = tuple(p for p in (options.move_done, options.move_failed) if p is not None)
         self.log = ReviewLog(options.log)
-        self.log.remember_model(model)  # its limitations and validation metrics, for the bundle and stats
-        self.status = StatusReporter(model.identity, shown(options.folder),
+        for model in routes.models:  # their limitations and validation metrics, for the bundle and stats
+            self.log.remember_model(model)
+        self.status = StatusReporter(routes, shown(options.folder),
                                      log_file=str(options.log_file) if options.log_file else None,
                                      live=options.live, queue_length=lambda: len(self.pending))
-        self.processor = ExamProcessor(options, model, self.log, self.pending, self.stop,
+        self.processor = ExamProcessor(options, routes, self.log, self.pending, self.stop,
                                        warn=lambda message: self.status.warning(message))
         self.scanner_error: BaseException | None = None
         self.signal_name: str | None = None
@@ -142,7 +141,7 @@ class Watcher:
         folder = self.options.folder
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         polling = self._start_observer(folder)  # before the backlog scan: a file written in between is seen
-        self.status.start(self.options.threshold, self.options.threshold_source, polling)
+        self.status.start(polling)
         scanner = threading.Thread(target=self._scanner, name="cxr-edge-scan", daemon=True)
         scanner.start()
         try:
@@ -296,7 +295,7 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if os.path.isdir(folder) else None
 
 
-def run_watch(options: WatchOptions, model: TFLiteModel) -> int:
+def run_watch(options: WatchOptions, routes: Routes) -> int:
     folder = options.folder
     if not folder.is_dir():
         raise CxrError(f"{folder}: watch folder does not exist or is not a folder", code=ExitCode.USAGE,
@@ -304,7 +303,7 @@ def run_watch(options: WatchOptions, model: TFLiteModel) -> int:
     for target in (options.move_done, options.move_failed):
         if target is not None:
             check_move_target(target, folder)
-    watcher = Watcher(options, model)
+    watcher = Watcher(options, routes)
     if options.rescreen_failed:
         again = watcher.processor.store.forget_failed()
         watcher.status.info(f"--rescreen-failed: {again} quarantined exams will be screened again")

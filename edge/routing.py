@@ -1,0 +1,116 @@
+"""Which model screens a film: the one `--model` names, or, with `--by-age`, the bundled model whose stated
+ages cover the patient's age in the DICOM header.
+
+A mobile unit screens adults and children in one session. cxr-default is for people aged 15 and over and
+cxr-pediatric for children under 15 (each model's `ages` metadata); one station process holds both and
+sends each film to the one that is for its patient. A film without an age (PNG, JPEG, a DICOM without
+PatientAge or birth date) goes to the `--model` model, as without `--by-age`. Each model keeps its own
+threshold (this site's calibration for that model file, else the one stored in it), and every result,
+log row and DICOM result names the model that actually screened the film.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .calibration import resolve_threshold
+from .errors import CxrError, ExitCode
+from .patient_age import covers, describe_ages
+from .paths import bundled_models, resolve_model
+from .runtime import TFLiteModel
+from .screening import ScreenResult, screen_file
+
+
+@dataclass(frozen=True)
+class Route:
+    model: TFLiteModel
+    threshold: float
+    threshold_source: str
+
+    def describe(self) -> str:
+        meta = self.model.metadata
+        return (f"model {meta.name} {meta.version} sha256 {self.model.sha256[:12]} ({describe_ages(meta.ages)}), "
+                f"threshold {self.threshold:.3f} from {self.threshold_source}")
+
+
+class Routes:
+    """The models one process screens with. The first is `--model`'s: films without an age, and ages no
+    other model covers, go to it (whose own age check then refuses a film outside its ages)."""
+
+    def __init__(self, routes: list[Route]):
+        if not routes:
+            raise ValueError("at least one model")
+        self.routes = routes
+
+    @property
+    def primary(self) -> Route:
+        return self.routes[0]
+
+    @property
+    def by_age(self) -> bool:
+        return len(self.routes) > 1
+
+    @property
+    def models(self) -> list[TFLiteModel]:
+        return [r.model for r in self.routes]
+
+    def for_age(self, age: float | None) -> Route:
+        if age is None:
+            return self.primary
+        return next((r for r in self.routes if covers(r.model.metadata.ages, age)), self.primary)
+
+    def screen(self, path: str | Path, **kwargs) -> ScreenResult:
+        """edge.screening.screen_file with the model (and its threshold) this film's age selects."""
+        p = self.primary
+        return screen_file(path, p.model, p.threshold, threshold_source=p.threshold_source,
+                           routes=self if self.by_age else None, **kwargs)
+
+    def describe(self) -> str:
+        """One line for the operator: each model, its ages and its threshold."""
+        if not self.by_age:
+            return self.primary.describe()
+        return ("by patient age (DICOM header; films without an age: the first): "
+                + "; ".join(r.describe() for r in self.routes))
+
+
+def load_routes(model: str | Path | None, threshold: float | None = None, *, by_age: bool = False,
+                delegate: str = "cpu", threads: int | None = None) -> Routes:
+    """--model (a path or a bundled name), and with by_age every other bundled model that states its ages."""
+    first = TFLiteModel(resolve_model(model), delegate=delegate, threads=threads)
+    if not by_age:
+        return Routes([Route(first, *resolve_threshold(first, threshold))])
+    if threshold is not None:
+        raise CxrError("--threshold sets one model's cutoff and --by-age screens with several: leave it out (each "
+                       "model uses this site's calibration for it, else its own threshold; set one with "
+                       "`cxr-edge calibrate -m NAME`)", code=ExitCode.USAGE, reason="bad_option")
+    routes = [Route(first, *resolve_threshold(first, None))]
+    for name in bundled_models():
+        other = TFLiteModel(resolve_model(name), delegate=delegate, threads=threads)
+        if other.sha256 == first.sha256 or not other.metadata.ages:
+            continue  # the same file, or a model that states no ages (it cannot be chosen by age)
+        routes.append(Route(other, *resolve_threshold(other, None)))
+    if len(routes) == 1:
+        raise CxrError("--by-age: no other bundled model states the ages it is for, so there is nothing to route "
+                       "to (bundled: " + ", ".join(bundled_models()) + ")", code=ExitCode.USAGE,
+                       reason="bad_option")
+    return routes_checked(routes)
+
+
+def routes_checked(routes: list[Route]) -> Routes:
+    """Models whose stated ages overlap would make the choice depend on their order: refuse that."""
+    for i, a in enumerate(routes):
+        for b in routes[i + 1:]:
+            if _overlap(a.model.metadata.ages, b.model.metadata.ages):
+                raise CxrError(f"--by-age: {a.model.metadata.name} ({describe_ages(a.model.metadata.ages)}) and "
+                               f"{b.model.metadata.name} ({describe_ages(b.model.metadata.ages)}) are for "
+                               "overlapping ages; choose one with -m", code=ExitCode.USAGE, reason="bad_option")
+    return Routes(routes)
+
+
+def _overlap(a, b) -> bool:
+    if not a or not b:
+        return True
+    low = max(a[0] or 0, b[0] or 0)
+    high = min(x for x in (a[1], b[1], float("inf")) if x is not None)
+    return low < high
