@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .calibration import resolve_threshold
 from .errors import CxrError, ExitCode
+from .names import shown
 from .patient_age import covers, describe_ages
 from .paths import bundled_models, resolve_model
 from .runtime import TFLiteModel
@@ -29,9 +30,14 @@ class Route:
     threshold_source: str
 
     def describe(self) -> str:
+        """For a station's start line; a threshold nobody calibrated for this site says so."""
         meta = self.model.metadata
+        bundled = meta.name in bundled_models() and resolve_model(meta.name).resolve() == self.model.path.resolve()
+        name = meta.name if bundled else shown(self.model.path)
+        uncalibrated = (f" (not calibrated for this site: cxr-edge calibrate -m {name})"
+                        if self.threshold_source == "model metadata" else "")
         return (f"model {meta.name} {meta.version} sha256 {self.model.sha256[:12]} ({describe_ages(meta.ages)}), "
-                f"threshold {self.threshold:.3f} from {self.threshold_source}")
+                f"threshold {self.threshold:.3f} from {self.threshold_source}{uncalibrated}")
 
 
 class Routes:

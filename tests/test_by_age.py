@@ -86,6 +86,7 @@ def test_watch_by_age_logs_both_models_knows_screen_results_and_stats_read_each_
     done = cli("watch", str(folder), "--by-age", "--once", "--log", str(log), "--settle", "0")
     assert done.returncode == 0, done.stderr
     assert "cxr-pediatric 1" in done.stdout and "ages under 15" in done.stdout  # the start line names both
+    assert "not calibrated for this site: cxr-edge calibrate -m cxr-pediatric" in done.stdout
     exams = [json.loads(line) for line in cli("review", "list", "--json", "--log", str(log)).stdout.splitlines()]
     # the child screened by `screen` is known by its content: a duplicate, not a second result
     assert [(Path(e["file"]).name, e["model"]["name"]) for e in exams] == [
