@@ -58,3 +58,12 @@ def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CR", photome
 
 def to_bits(grey8: np.ndarray, bits: int) -> np.ndarray:
     return (grey8.astype(np.float64) / 255.0 * (2 ** bits - 1)).round().astype(np.uint16)
+
+
+def aged_dicoms(folder: Path) -> dict[str, Path]:
+    """A normal film as four DICOMs that differ only in the patient's age: a child (PatientAge 004Y), an adult
+    (birth date to study date: 44 y), a 15-year-old (cxr-default's first year) and one with no age."""
+    pixels = to_bits(grey_sample(NORMAL_SAMPLE), 12)
+    return {name: write_dicom(folder / f"{name}.dcm", pixels, tags=tags) for name, tags in {
+        "child": {"PatientAge": "004Y"}, "adult": {"PatientBirthDate": "19800115", "StudyDate": "20240114"},
+        "teen": {"PatientAge": "015Y"}, "unknown": {}}.items()}

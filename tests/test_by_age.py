@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.metadata import read_model_file
-from images import NORMAL_SAMPLE, grey_sample, to_bits, write_dicom
+from images import aged_dicoms
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT, PEDIATRIC = (read_model_file(ROOT / "models" / f"{n}.tflite")[1] for n in ("cxr-default", "cxr-pediatric"))
@@ -30,12 +30,7 @@ def records(done: subprocess.CompletedProcess) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def films(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mixed")
-    pixels = to_bits(grey_sample(NORMAL_SAMPLE), 12)
-    return {name: write_dicom(folder / f"{name}.dcm", pixels, tags=tags) for name, tags in {
-        "child": {"PatientAge": "004Y"}, "adult": {"PatientBirthDate": "19800115", "StudyDate": "20240114"},
-        "teen": {"PatientAge": "015Y"},  # 15 exactly: cxr-default's first year
-        "unknown": {}}.items()}
+    return aged_dicoms(tmp_path_factory.mktemp("mixed"))
 
 
 def test_each_film_goes_to_the_model_for_its_age_with_that_models_threshold(films):

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from edge.errors import CxrError
 from edge.metadata import ModelMetadata
 from edge.patient_age import dicom_age_years
-from images import NORMAL_SAMPLE, grey_sample, to_bits, write_dicom
+from images import aged_dicoms
 
 
 @pytest.mark.parametrize("tags, years", [
@@ -44,11 +44,7 @@ def _screen(*args: str) -> tuple[int, dict, str]:
 
 @pytest.fixture(scope="module")
 def films(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ages")
-    pixels = to_bits(grey_sample(NORMAL_SAMPLE), 12)
-    return {name: write_dicom(folder / f"{name}.dcm", pixels, tags=tags) for name, tags in {
-        "child": {"PatientAge": "004Y"}, "adult": {"PatientBirthDate": "19800115", "StudyDate": "20240114"},
-        "unknown": {}}.items()}
+    return aged_dicoms(tmp_path_factory.mktemp("ages"))
 
 
 def test_the_default_model_refuses_a_child_by_the_dicom_age_and_says_which_model_to_use(films):
