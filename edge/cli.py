@@ -124,9 +124,9 @@ def _screen_one(path: Path, routes: Routes, any_view: bool, review_log: Optional
     earlier = next(filter(None, (earlier_result(review_log, path, sha256, m) for m in routes.models)), None)
     if earlier is not None:
         result, row = earlier
-        sys.stderr.write(f"cxr-edge: {shown(path)}: already screened as exam {row['id']} on {row['created_at'][:19]} UTC "
-                         f"with {row['model_name']} {row['model_version']}; showing that result, not logging it "
-                         "again\n")
+        sys.stderr.write(f"cxr-edge: {shown(path)}: already screened as exam {row['id']} on "
+                         f"{row['created_at'][:19]} UTC with {row['model_name']} {row['model_version']}; showing that "
+                         "result, not logging it again\n")
         return result, row["id"], row
     result = routes.screen(path, allow_any_view=any_view, on_screened=review_images, data=data)
     return result, record_result(review_log, result, "screen"), None

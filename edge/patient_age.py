@@ -78,5 +78,6 @@ def age_refusal(name: str, age: float | None, ages, model_name: str) -> str | No
     if age is None or covers(ages, age):
         return None
     other = next((n for n, a in _bundled_ages() if n != model_name and covers(a, age)), None)
-    advice = f"screen it with -m {other} (or --by-age), or use --any-view to override" if other else "use --any-view to override"
+    advice = (f"screen it with -m {other} (or --by-age), or use --any-view to override" if other
+              else "use --any-view to override")
     return f"{name}: patient aged {age:g} y (DICOM header), and {model_name} is for {describe_ages(ages)}; {advice}"

@@ -63,8 +63,9 @@ def register(app: typer.Typer, *, model_option, log_option, threshold_option, de
         options = ListenOptions(
             receiver=ReceiverOptions(incoming=Path(), port=port, ae_title=ae_title, bind=bind,
                                      allow_ae=list(allow_ae or []), min_free_bytes=min_free_mb * 2**20),
-            store=(store or data_home() / "dicom").absolute(), log=log_path(log), forward=destination, forward_first_delay=forward_retry,
-            forward_max_delay=max(forward_retry, forward_retry_max), log_file=log_file, quiet=quiet)
+            store=(store or data_home() / "dicom").absolute(), log=log_path(log), forward=destination,
+            forward_first_delay=forward_retry, forward_max_delay=max(forward_retry, forward_retry_max),
+            log_file=log_file, quiet=quiet)
         raise typer.Exit(run_listen(options, routes))
 
     outbox_app = typer.Typer(help="DICOM results waiting for, or delivered to, the PACS (--forward).",

@@ -67,7 +67,8 @@ def say(line: str) -> None:
 
 
 class Forwarder(threading.Thread):
-    def __init__(self, log_path: Path, destination: Destination, models: dict[str, Path], *, calling_ae: str = "CXREDGE",
+    def __init__(self, log_path: Path, destination: Destination, models: dict[str, Path], *,
+                 calling_ae: str = "CXREDGE",
                  first_delay: float = outbox.FIRST_DELAY, max_delay: float = outbox.MAX_DELAY,
                  poll: float = 1.0, timeout: float = 30.0, busy=None, moved: tuple[Path, Path] | None = None):
         super().__init__(name="cxr-edge-forward", daemon=True)
@@ -217,8 +218,8 @@ def forwarding(destination: Destination | None, log: Path, models, *, calling_ae
     if destination is None:
         yield None
         return
-    worker = Forwarder(log, destination, {m.sha256: m.path for m in models}, calling_ae=calling_ae, first_delay=first_delay,
-                       max_delay=max_delay, busy=busy, moved=moved)
+    worker = Forwarder(log, destination, {m.sha256: m.path for m in models}, calling_ae=calling_ae,
+                       first_delay=first_delay, max_delay=max_delay, busy=busy, moved=moved)
     worker.start()
     try:
         yield worker

@@ -63,8 +63,10 @@ def run_listen(options: ListenOptions, routes: Routes) -> int:
                        reason="store_unwritable") from None
     options.receiver.incoming = incoming
     watch_options = WatchOptions(
-        folder=incoming, log=options.log, settle=0.5, retries=1,  # files arrive complete (renamed into place): a failure will not heal
-        move_done=store / "screened", move_failed=store / "quarantine", log_file=options.log_file, live=False, source="listen")
+        folder=incoming, log=options.log,
+        settle=0.5, retries=1,  # files arrive complete (renamed into place): a failure will not heal
+        move_done=store / "screened", move_failed=store / "quarantine", log_file=options.log_file, live=False,
+        source="listen")
     say = (lambda line: None) if options.quiet else _line("listen")
     receiver = Receiver(options.receiver, say=say, warn=_line("listen"))
     with forwarding(options.forward, options.log, routes.models, calling_ae=options.receiver.ae_title,

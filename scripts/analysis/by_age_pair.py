@@ -36,9 +36,10 @@ def counts(report: dict) -> dict:
 
 def summary(c: dict) -> dict:
     tp, fn, fp, tn = c["tp"], c["fn"], c["fp"], c["tn"]
-    return {"n": tp + fn + fp + tn, "tp": tp, "fn": fn, "fp": fp, "tn": tn,
-            "accuracy": (tp + tn) / (tp + fn + fp + tn), "sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
-            "ci95": {"accuracy": wilson_interval(tp + tn, tp + fn + fp + tn), "sensitivity": wilson_interval(tp, tp + fn),
+    n = tp + fn + fp + tn
+    return {"n": n, "tp": tp, "fn": fn, "fp": fp, "tn": tn,
+            "accuracy": (tp + tn) / n, "sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
+            "ci95": {"accuracy": wilson_interval(tp + tn, n), "sensitivity": wilson_interval(tp, tp + fn),
                      "specificity": wilson_interval(tn, tn + fp), "method": "Wilson score interval"}}
 
 
