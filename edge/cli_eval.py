@@ -12,7 +12,7 @@ import typer
 
 from .calibration import resolve_threshold
 from .errors import CxrError, ExitCode
-from .output import print_calibration, print_evaluation, progress_bar
+from .output import print_by_age_evaluation, print_calibration, print_evaluation, progress_bar
 from .review.log import ReviewLog
 from .runtime import TFLiteModel
 
@@ -26,12 +26,18 @@ SplitOption = typer.Option(None, "--split", help="Only images of this split (tra
 
 def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List[str]], split: Optional[str],
                    any_view: bool = False):
-    from .datasets import discover_many, parse_alias_overrides
     from .evaluation import score_samples
 
+    samples = _samples(data, tuple(tflite.metadata.classes), aliases, split)
+    with progress_bar(len(samples), "scoring") as step:
+        return score_samples(tflite, samples, on_step=step, allow_any_view=any_view)
+
+
+def _samples(data: List[Path], classes: tuple, aliases: Optional[List[str]], split: Optional[str]) -> list:
+    from .datasets import discover_many, parse_alias_overrides
+
     notes: list[str] = []
-    samples = discover_many(data, aliases=parse_alias_overrides(aliases or []),
-                            classes=tuple(tflite.metadata.classes), notes=notes)
+    samples = discover_many(data, aliases=parse_alias_overrides(aliases or []), classes=classes, notes=notes)
     for note in notes:
         typer.echo(f"cxr-edge: {note}", err=True)
     if split is not None:
@@ -39,8 +45,20 @@ def _scored_folder(data: List[Path], tflite: TFLiteModel, aliases: Optional[List
         if not samples:
             raise CxrError(f"no image of split {split!r} in {', '.join(map(str, data))}", code=ExitCode.DATA,
                            reason="empty_dataset")
+    return samples
+
+
+def _by_age(data: List[Path], model, aliases, split, any_view: bool) -> dict:
+    """`eval --by-age`: the bundled models as a --by-age station would use them (edge.evaluation.by_age_report)."""
+    from .evaluation import by_age_report
+    from .datasets import CANONICAL_CLASSES
+    from .routing import load_routes
+
+    routes = load_routes(model, None, by_age=True)
+    known = {c for m in routes.models for c in m.metadata.classes}
+    samples = _samples(data, tuple(c for c in CANONICAL_CLASSES if c in known), aliases, split)
     with progress_bar(len(samples), "scoring") as step:
-        return score_samples(tflite, samples, on_step=step, allow_any_view=any_view)
+        return by_age_report(routes, samples, on_step=step, allow_any_view=any_view)
 
 
 def register(app: typer.Typer, *, model_option, threshold_option, log_option, since_option) -> None:
@@ -55,12 +73,28 @@ def register(app: typer.Typer, *, model_option, threshold_option, log_option, si
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every metric."),
         any_view: bool = typer.Option(False, "--any-view",
                                       help="Score the images the input gate would refuse too."),
+        by_age: bool = typer.Option(False, "--by-age", help="Score each image with the bundled model a --by-age "
+                                    "station would give it (age from the data's age column, else its age group) "
+                                    "at that model's threshold: screening metrics per model and together."),
     ) -> None:
         """Evaluate a model on labelled images: per-class metrics, confusion matrix and screening metrics
-        (of the images the input gate lets through; it says how many it refused)."""
+        (of the images the input gate lets through; it says how many it refused). --by-age: the bundled
+        models as a mixed-age station uses them (ages from the data's age column, else its age group)."""
         from .cli import load_model
         from .evaluation import evaluation_report
 
+        if by_age:
+            if threshold is not None:
+                raise CxrError("--threshold sets one model's cutoff and --by-age scores with several: leave it out",
+                               code=ExitCode.USAGE, reason="bad_option")
+            report = _by_age(data, model, alias, split, any_view) | {"data": [str(d) for d in data]}
+            if as_json:
+                typer.echo(json.dumps(report, sort_keys=True))
+            else:
+                print_by_age_evaluation(report)
+            for failure in report["failed"]:
+                sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
+            return
         tflite = load_model(model)
         cutoff, source = resolve_threshold(tflite, threshold)
         report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split, any_view), cutoff, source)

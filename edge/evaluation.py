@@ -16,7 +16,7 @@ from .decision import abnormality_scores
 from .decode import load_image
 from .errors import CxrError, ExitCode
 from .gate import gate_for
-from .groups import breakdown
+from .groups import AGE_RULE, CHILD_MAX_AGE, age_group, breakdown
 from .metadata import NORMAL_CLASS
 from .metrics import classification_report, screening_metrics, threshold_for_sensitivity, wilson_interval
 from .preprocess import preprocess
@@ -137,3 +137,35 @@ def calibrate_scores(model: TFLiteModel, y: np.ndarray, score: np.ndarray, targe
         "warnings": warnings, "model": model.identity,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notice": NOTICE,
     }
+
+
+def by_age_report(routes, samples: list[Sample], on_step=None, allow_any_view: bool = False) -> dict:
+    """`eval --by-age`: each labelled image scored by the model a --by-age station would give it (edge.routing),
+    at that model's threshold; screening metrics per model and for all decisions together. An image's age is
+    its dataset's age column, else the data README's age group (edge.groups.age_group: a child goes to the model
+    for age 0, an adult to the one for age 15)."""
+    parts: dict[int, list[Sample]] = {}
+    for sample in samples:
+        age = sample.age if sample.age is not None else (0.0 if age_group(sample) == "child" else CHILD_MAX_AGE)
+        parts.setdefault(routes.routes.index(routes.for_age(age)), []).append(sample)
+    out, is_abnormal, margins, failed = [], [], [], []
+    for index, part in sorted(parts.items()):
+        route = routes.routes[index]
+        scored = score_samples(route.model, part, on_step=on_step, allow_any_view=allow_any_view)
+        score = scored.abnormality(route.model)
+        screening = screening_metrics(scored.is_abnormal, score, route.threshold)
+        by_source = {name: screening_metrics(scored.is_abnormal[mask], score[mask], route.threshold)
+                     for name in sorted({s.dataset for s in scored.samples})
+                     for mask in [np.array([s.dataset == name for s in scored.samples])]}
+        out.append({"model": route.model.identity, "ages": route.model.metadata.ages,
+                    "threshold_source": route.threshold_source, "screening": screening, "by_source": by_source,
+                    "gate": scored.gate or None})
+        is_abnormal.extend(scored.is_abnormal.tolist())
+        margins.extend((score - route.threshold).tolist())
+        failed.extend(scored.failed)
+    together = screening_metrics(np.array(is_abnormal), np.array(margins), 0.0)
+    together.update(threshold=None, auc=None)  # each part at its own model's threshold; scores do not pool
+    together["ci95"]["auc"] = None
+    return {"by_age_routing": out, "screening": together, "n": len(is_abnormal), "failed": failed,
+            "age_rule": AGE_RULE + "; each image goes to the model whose stated ages cover it",
+            "notice": NOTICE}

@@ -124,6 +124,30 @@ def print_evaluation(report: dict) -> None:
     _print_model_line(console, report["model"])
 
 
+def print_by_age_evaluation(report: dict) -> None:
+    """`eval --by-age`: one row per model (the images it was given), then all decisions together."""
+    console = Console()
+    table = Table(title=f"cxr-edge eval --by-age: {report['n']} images, each scored by the model for its age",
+                  title_justify="left")
+    for column in ("Model", "Ages", "Threshold", "N", "AUC", "Sensitivity", "Specificity", "Refer"):
+        table.add_column(column, justify="left" if column in ("Model", "Ages") else "right")
+    for part in report["by_age_routing"]:
+        s = part["screening"]
+        table.add_row(f"{part['model']['name']} {part['model']['version']}", describe_ages(part["ages"]),
+                      f"{s['threshold']:.3f}", str(s["n"]), _fmt(s["auc"]), _fmt(s["sensitivity"]),
+                      _fmt(s["specificity"]), str(s["tp"] + s["fp"]))
+    s = report["screening"]
+    table.add_row("together", "", "each its own", str(s["n"]), "-", _fmt(s["sensitivity"]), _fmt(s["specificity"]),
+                  str(s["tp"] + s["fp"]))
+    console.print(table)
+    ci = s["ci95"]
+    console.print(f"Together: accuracy {_fmt(s['accuracy'])}{_ci(ci['accuracy'])}, sensitivity "
+                  f"{_fmt(s['sensitivity'])}{_ci(ci['sensitivity'])}, specificity {_fmt(s['specificity'])}"
+                  f"{_ci(ci['specificity'])}; TP {s['tp']} FP {s['fp']} TN {s['tn']} FN {s['fn']}. No pooled AUC: "
+                  "the models' scores are not on one scale. Ages: " + report["age_rule"] + ". Per source: --json. "
+                  f"{NOTICE.capitalize()}.", highlight=False)
+
+
 def _print_groups(console, report: dict) -> None:
     """Per source / age group / view, where the data has more than one: pooled numbers hide a bad hospital."""
     rows = [(kind[3:], key, m) for kind in ("by_source", "by_age", "by_view")

@@ -58,8 +58,9 @@ def describe_ages(ages) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _bundled_ages() -> tuple[tuple[str, list], ...]:
-    """(name, ages) of each bundled model, read once, for naming the one that is for a refused film's age."""
+def bundled_ages() -> tuple[tuple[str, list], ...]:
+    """(name, ages) of each bundled model, read once: for naming the one that is for a refused film's age, and
+    for choosing the models of --by-age (edge.routing)."""
     from .errors import CxrError
     from .metadata import read_model_file
     from .paths import bundled_models, resolve_model
@@ -77,7 +78,7 @@ def age_refusal(name: str, age: float | None, ages, model_name: str) -> str | No
     """Why a film whose header gives `age` is refused by a model for `ages`; None when it is not."""
     if age is None or covers(ages, age):
         return None
-    other = next((n for n, a in _bundled_ages() if n != model_name and covers(a, age)), None)
+    other = next((n for n, a in bundled_ages() if n != model_name and covers(a, age)), None)
     advice = (f"screen it with -m {other} (or --by-age), or use --any-view to override" if other
               else "use --any-view to override")
     return f"{name}: patient aged {age:g} y (DICOM header), and {model_name} is for {describe_ages(ages)}; {advice}"

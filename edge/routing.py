@@ -17,7 +17,7 @@ from pathlib import Path
 from .calibration import resolve_threshold
 from .errors import CxrError, ExitCode
 from .names import shown
-from .patient_age import covers, describe_ages
+from .patient_age import bundled_ages, covers, describe_ages
 from .paths import bundled_models, resolve_model
 from .runtime import TFLiteModel
 from .screening import ScreenResult, screen_file
@@ -82,7 +82,8 @@ class Routes:
 
 def load_routes(model: str | Path | None, threshold: float | None = None, *, by_age: bool = False,
                 delegate: str = "cpu", threads: int | None = None) -> Routes:
-    """--model (a path or a bundled name), and with by_age every other bundled model that states its ages."""
+    """--model (a path or a bundled name), and with by_age each other bundled model that states ages none of the
+    models before it covers (--model first: a site's own children's model replaces cxr-pediatric)."""
     first = TFLiteModel(resolve_model(model), delegate=delegate, threads=threads)
     if not by_age:
         return Routes([Route(first, *resolve_threshold(first, threshold))])
@@ -91,26 +92,15 @@ def load_routes(model: str | Path | None, threshold: float | None = None, *, by_
                        "model uses this site's calibration for it, else its own threshold; set one with "
                        "`cxr-edge calibrate -m NAME`)", code=ExitCode.USAGE, reason="bad_option")
     routes = [Route(first, *resolve_threshold(first, None))]
-    for name in bundled_models():
+    for name, ages in bundled_ages():
+        if not ages or any(_overlap(r.model.metadata.ages, ages) for r in routes):
+            continue  # no ages stated (it cannot be chosen by age), or ages a model before it covers
         other = TFLiteModel(resolve_model(name), delegate=delegate, threads=threads)
-        if other.sha256 == first.sha256 or not other.metadata.ages:
-            continue  # the same file, or a model that states no ages (it cannot be chosen by age)
         routes.append(Route(other, *resolve_threshold(other, None)))
     if len(routes) == 1:
-        raise CxrError("--by-age: no other bundled model states the ages it is for, so there is nothing to route "
-                       "to (bundled: " + ", ".join(bundled_models()) + ")", code=ExitCode.USAGE,
-                       reason="bad_option")
-    return routes_checked(routes)
-
-
-def routes_checked(routes: list[Route]) -> Routes:
-    """Models whose stated ages overlap would make the choice depend on their order: refuse that."""
-    for i, a in enumerate(routes):
-        for b in routes[i + 1:]:
-            if _overlap(a.model.metadata.ages, b.model.metadata.ages):
-                raise CxrError(f"--by-age: {a.model.metadata.name} ({describe_ages(a.model.metadata.ages)}) and "
-                               f"{b.model.metadata.name} ({describe_ages(b.model.metadata.ages)}) are for "
-                               "overlapping ages; choose one with -m", code=ExitCode.USAGE, reason="bad_option")
+        raise CxrError(f"--by-age: {first.metadata.name} is for {describe_ages(first.metadata.ages)} and no other "
+                       "bundled model is for ages it leaves out, so there is nothing to route to (bundled: "
+                       + ", ".join(bundled_models()) + ")", code=ExitCode.USAGE, reason="bad_option")
     return Routes(routes)
 
 

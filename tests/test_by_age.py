@@ -135,3 +135,66 @@ def test_listen_by_age_screens_children_and_adults_and_sends_each_models_results
                 assert exam["model_sha256"][:40] in tags["SoftwareVersions"]
     finally:
         pacs.stop()
+
+
+def _relabelled(path: Path, name: str, ages) -> Path:
+    """cxr-pediatric's network under another name and stated ages: a site's own model (another sha256; no
+    input gate, which would have to lie beside it)."""
+    from converters.tflite_metadata import embed_metadata
+    from edge.metadata import ModelMetadata
+
+    data, meta = (ROOT / "models" / "cxr-pediatric.tflite").read_bytes(), PEDIATRIC.to_dict()
+    path.write_bytes(embed_metadata(data, ModelMetadata.from_dict({**meta, "name": name, "ages": ages, "gate": {}})))
+    return path
+
+
+def test_a_sites_own_childrens_model_takes_the_place_of_cxr_pediatric(films, tmp_path):
+    own = _relabelled(tmp_path / "site-children.tflite", "site-children", [0, 15])
+    got = records(cli("screen", "--by-age", "-m", str(own), "--no-log", "--json", str(films["child"]),
+                      str(films["adult"]), str(films["unknown"])))
+    assert {n: r["model"]["name"] for n, r in got.items()} == {
+        "child.dcm": "site-children", "adult.dcm": "cxr-default", "unknown.dcm": "site-children"}
+    anyone = _relabelled(tmp_path / "any-age.tflite", "any-age", [])  # states no ages: nothing to route
+    refused = cli("screen", "--by-age", "-m", str(anyone), "--no-log", str(films["child"]))
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "any-age is for any age" in refused.stderr and "nothing to route to" in refused.stderr
+
+
+def _csv_dataset(folder: Path, rows: list[tuple[str, str, int]]) -> Path:
+    """A labelled folder in NIH's layout (labels.csv with an age column + images/) from cxr-mini's films."""
+    import shutil
+
+    (folder / "images").mkdir(parents=True)
+    lines = ["file,label,patient_id,age,view"]
+    for i, (source, label, age) in enumerate(rows):
+        shutil.copy(ROOT / "tests" / "data" / "cxr-mini" / source, folder / "images" / f"{i}.jpg")
+        lines.append(f"images/{i}.jpg,{label},p{i},{age},PA")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_eval_by_age_scores_each_image_with_the_model_for_its_age(tmp_path):
+    normal, pneumonia = sorted((ROOT / "tests/data/cxr-mini/NORMAL").iterdir()), \
+        sorted((ROOT / "tests/data/cxr-mini/PNEUMONIA").iterdir())
+    children = [(f"NORMAL/{p.name}", "NORMAL", 6) for p in normal[:4]] + \
+               [(f"PNEUMONIA/{p.name}", "PNEUMONIA", 9) for p in pneumonia[:4]]
+    adults = [(f"NORMAL/{p.name}", "NORMAL", 40) for p in normal[4:]] + \
+             [(f"PNEUMONIA/{p.name}", "PNEUMONIA", 55) for p in pneumonia[4:]]
+    mixed = _csv_dataset(tmp_path / "mixed", children + adults)
+    done = cli("eval", str(mixed), "--by-age", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    parts = {p["model"]["name"]: p["screening"] for p in report["by_age_routing"]}
+    assert {name: s["n"] for name, s in parts.items()} == {"cxr-pediatric": 8, "cxr-default": 8}
+    assert parts["cxr-pediatric"]["threshold"] == pytest.approx(PEDIATRIC.threshold)
+    # each part is what `eval -m MODEL` gives on those images alone
+    for name, rows in (("cxr-pediatric", children), ("cxr-default", adults)):
+        alone = json.loads(cli("eval", str(_csv_dataset(tmp_path / name, rows)), "-m", name, "--json").stdout)
+        assert {k: alone["screening"][k] for k in ("tp", "fn", "fp", "tn", "auc")} == \
+            {k: parts[name][k] for k in ("tp", "fn", "fp", "tn", "auc")}
+    together = report["screening"]
+    assert together["n"] == 16 and together["auc"] is None
+    assert [together[k] for k in ("tp", "fn", "fp", "tn")] == \
+        [sum(s[k] for s in parts.values()) for k in ("tp", "fn", "fp", "tn")]
+    refused = cli("eval", str(mixed), "--by-age", "--threshold", "0.2")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
