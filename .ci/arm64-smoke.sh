@@ -23,7 +23,8 @@ fail() { echo "FAIL arm64 smoke test: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || skip "needs root for debootstrap and chroot"
 [ "$(uname -m)" = x86_64 ] || [ "$(uname -m)" = aarch64 ] || skip "host $(uname -m) is not x86_64 or aarch64"
 
-if ! command -v debootstrap >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
+if ! command -v debootstrap >/dev/null || ! command -v qemu-aarch64-static >/dev/null \
+        || ! command -v update-binfmts >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         debootstrap qemu-user-static binfmt-support >/dev/null) \
         || skip "debootstrap / qemu-user-static could not be installed"
@@ -34,6 +35,9 @@ if [ "$(uname -m)" != aarch64 ]; then
             || skip "binfmt_misc is not available in this kernel or container, arm64 binaries cannot run"
     fi
     [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+    # without binfmt-support's tool: qemu-user-static's own systemd-binfmt line, written to the kernel directly
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || [ ! -f /usr/lib/binfmt.d/qemu-aarch64.conf ] \
+        || cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register 2>/dev/null || true
     [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || skip "no binfmt_misc handler for arm64 (qemu-aarch64)"
 fi
 
