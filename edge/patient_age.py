@@ -74,11 +74,14 @@ def bundled_ages() -> tuple[tuple[str, list], ...]:
     return tuple(found)
 
 
-def age_refusal(name: str, age: float | None, ages, model_name: str) -> str | None:
-    """Why a film whose header gives `age` is refused by a model for `ages`; None when it is not."""
+def age_refusal(name: str, age: float | None, ages, model_name: str, by_age: bool = False) -> str | None:
+    """Why a film whose header gives `age` is refused by a model for `ages`; None when it is not.
+    by_age: the station already routes by age (and none of its models is for this age)."""
     if age is None or covers(ages, age):
         return None
     other = next((n for n, a in bundled_ages() if n != model_name and covers(a, age)), None)
-    advice = (f"screen it with -m {other} (or --by-age), or use --any-view to override" if other
-              else "use --any-view to override")
+    advice = (f"screen it with -m {other}{'' if by_age else ' (or --by-age)'}, or use --any-view to override"
+              if other else "use --any-view to override")
+    if by_age:
+        advice = f"none of the models of --by-age is for that age; {advice}"
     return f"{name}: patient aged {age:g} y (DICOM header), and {model_name} is for {describe_ages(ages)}; {advice}"

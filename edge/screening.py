@@ -112,7 +112,8 @@ def _screen(path: Path, model: TFLiteModel, threshold: float, threshold_source: 
         route = routes.for_age(image.info.get("patient_age"))
         model, threshold, threshold_source = route.model, route.threshold, route.threshold_source
     too_old_or_young = None if allow_any_view else age_refusal(name, image.info.get("patient_age"),
-                                                                model.metadata.ages, model.metadata.name)
+                                                                model.metadata.ages, model.metadata.name,
+                                                                by_age=routes is not None)
     if too_old_or_young:
         return ScreenResult(name, "refused", model.identity, sha256=image.sha256, reason_code="age_out_of_range",
                             reason=too_old_or_young, image=image.describe())

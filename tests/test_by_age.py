@@ -154,6 +154,13 @@ def test_a_sites_own_childrens_model_takes_the_place_of_cxr_pediatric(films, tmp
                       str(films["adult"]), str(films["unknown"])))
     assert {n: r["model"]["name"] for n, r in got.items()} == {
         "child.dcm": "site-children", "adult.dcm": "cxr-default", "unknown.dcm": "site-children"}
+    # a site's model for under 12 leaves 12-14 to nobody (cxr-pediatric overlaps it): refused, and said so
+    young = _relabelled(tmp_path / "under-12.tflite", "under-12", [0, 12])
+    thirteen = films["child"].parent / "thirteen.dcm"
+    thirteen.write_bytes(films["child"].read_bytes().replace(b"004Y", b"013Y"))
+    gap = records(cli("screen", "--by-age", "-m", str(young), "--no-log", "--json", str(thirteen)))["thirteen.dcm"]
+    assert gap["status"] == "refused" and gap["reason_code"] == "age_out_of_range"
+    assert "none of the models of --by-age is for that age" in gap["reason"] and "-m cxr-pediatric," in gap["reason"]
     anyone = _relabelled(tmp_path / "any-age.tflite", "any-age", [])  # states no ages: nothing to route
     refused = cli("screen", "--by-age", "-m", str(anyone), "--no-log", str(films["child"]))
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
