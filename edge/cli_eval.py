@@ -48,13 +48,13 @@ def _samples(data: List[Path], classes: tuple, aliases: Optional[List[str]], spl
     return samples
 
 
-def _by_age(data: List[Path], model, aliases, split, any_view: bool) -> dict:
+def _by_age(data: List[Path], model, threshold, aliases, split, any_view: bool) -> dict:
     """`eval --by-age`: the bundled models as a --by-age station would use them (edge.evaluation.by_age_report)."""
     from .evaluation import by_age_report
     from .datasets import CANONICAL_CLASSES
     from .routing import load_routes
 
-    routes = load_routes(model, None, by_age=True)
+    routes = load_routes(model, threshold, by_age=True)  # refuses --threshold: one cutoff cannot fit two models
     known = {c for m in routes.models for c in m.metadata.classes}
     samples = _samples(data, tuple(c for c in CANONICAL_CLASSES if c in known), aliases, split)
     with progress_bar(len(samples), "scoring") as step:
@@ -84,28 +84,20 @@ def register(app: typer.Typer, *, model_option, threshold_option, log_option, si
         from .evaluation import evaluation_report
 
         if by_age:
-            if threshold is not None:
-                raise CxrError("--threshold sets one model's cutoff and --by-age scores with several: leave it out",
-                               code=ExitCode.USAGE, reason="bad_option")
-            report = _by_age(data, model, alias, split, any_view) | {"data": [str(d) for d in data]}
-            if as_json:
-                typer.echo(json.dumps(report, sort_keys=True))
-            else:
-                print_by_age_evaluation(report)
-            for failure in report["failed"]:
-                sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
-            return
-        tflite = load_model(model)
-        cutoff, source = resolve_threshold(tflite, threshold)
-        report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split, any_view), cutoff, source)
+            report, show = _by_age(data, model, threshold, alias, split, any_view), print_by_age_evaluation
+        else:
+            tflite = load_model(model)
+            cutoff, source = resolve_threshold(tflite, threshold)
+            report = evaluation_report(tflite, _scored_folder(data, tflite, alias, split, any_view), cutoff, source)
+            show = print_evaluation
         report["data"] = [str(d) for d in data]
         if as_json:
             typer.echo(json.dumps(report, sort_keys=True))
         else:
-            print_evaluation(report)
+            show(report)
         for failure in report["failed"]:
             sys.stderr.write(f"cxr-edge: not scored: {failure['reason']}\n")
-        for warning in report["warnings"]:
+        for warning in report.get("warnings", []):
             sys.stderr.write(f"cxr-edge: warning: {warning}\n")
 
     @app.command()
