@@ -25,17 +25,16 @@ def print_results(results, routes) -> None:
     lines = []
     for r in results:
         by = (escape(r.model["name"]),) if routes.by_age else ()  # which model screened (or refused) it
+        who = "".join(f"{name} " for name in by)
         if r.ok:
             d = r.decision
             style = "bold red" if d.decision == "refer" else "green"
             probs = "  ".join(f"{k} {v:.3f}" for k, v in d.probabilities.items())
             cells = (f"[{style}]{d.decision}[/]", f"{d.abnormality:.3f}", d.top_class, probs, f"{r.latency_ms:.1f}")
-            lines.append(f"[{style}]{d.decision:<8}[/] {d.abnormality:.3f}  {d.top_class:<12} {' '.join(by + ('',))}"
-                         f"{escape(r.file)}")
+            lines.append(f"[{style}]{d.decision:<8}[/] {d.abnormality:.3f}  {d.top_class:<12} {who}{escape(r.file)}")
         else:
             cells = (f"[yellow]{r.status}[/]", "", "", escape(r.reason_code or ""), "")
-            lines.append(f"[yellow]{r.status:<8}[/] {'':5}  {escape(r.reason_code or ''):<12} {' '.join(by + ('',))}"
-                         f"{escape(r.file)}")
+            lines.append(f"[yellow]{r.status:<8}[/] {'':5}  {escape(r.reason_code or ''):<12} {who}{escape(r.file)}")
         table.add_row(escape(r.file), *cells, *by)
     if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
         console.print(table)

@@ -45,6 +45,15 @@ def covers(ages, age: float) -> bool:
     return (low is None or age >= low) and (high is None or age < high)
 
 
+def overlap(a, b) -> bool:
+    """Whether two models' `ages` share an age (no ages stated: every age)."""
+    if not a or not b:
+        return True
+    low = max(a[0] or 0, b[0] or 0)
+    high = min(x for x in (a[1], b[1], float("inf")) if x is not None)
+    return low < high
+
+
 def describe_ages(ages) -> str:
     if not ages:
         return "any age"

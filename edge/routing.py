@@ -17,7 +17,7 @@ from pathlib import Path
 from .calibration import resolve_threshold
 from .errors import CxrError, ExitCode
 from .names import shown
-from .patient_age import bundled_ages, covers, describe_ages
+from .patient_age import bundled_ages, covers, describe_ages, overlap
 from .paths import bundled_models, resolve_model
 from .runtime import TFLiteModel
 from .screening import ScreenResult, screen_file
@@ -93,7 +93,7 @@ def load_routes(model: str | Path | None, threshold: float | None = None, *, by_
                        "`cxr-edge calibrate -m NAME`)", code=ExitCode.USAGE, reason="bad_option")
     routes = [Route(first, *resolve_threshold(first, None))]
     for name, ages in bundled_ages():
-        if not ages or any(_overlap(r.model.metadata.ages, ages) for r in routes):
+        if not ages or any(overlap(r.model.metadata.ages, ages) for r in routes):
             continue  # no ages stated (it cannot be chosen by age), or ages a model before it covers
         other = TFLiteModel(resolve_model(name), delegate=delegate, threads=threads)
         routes.append(Route(other, *resolve_threshold(other, None)))
@@ -103,10 +103,3 @@ def load_routes(model: str | Path | None, threshold: float | None = None, *, by_
                        + ", ".join(bundled_models()) + ")", code=ExitCode.USAGE, reason="bad_option")
     return Routes(routes)
 
-
-def _overlap(a, b) -> bool:
-    if not a or not b:
-        return True
-    low = max(a[0] or 0, b[0] or 0)
-    high = min(x for x in (a[1], b[1], float("inf")) if x is not None)
-    return low < high
